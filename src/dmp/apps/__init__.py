@@ -1,0 +1,1 @@
+"""Composition roots and use cases: the node, the CLI and the aggregator."""

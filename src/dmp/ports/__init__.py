@@ -1,0 +1,1 @@
+"""Ports: ``typing.Protocol`` seams for clocks, stores and transports, with their exceptions."""
