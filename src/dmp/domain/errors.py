@@ -22,8 +22,10 @@ default message.
     │   ├── RecordExpired            past its exp (wire.md §1.6)
     │   ├── ExpiryTooFar             exp beyond the type's cap (30 d / 5 y)
     │   ├── ClockSkew                ts too far from now
-    │   └── RecordMismatch           valid, but not the record asked for
-    │                                (other recipient, key, subject, zone)
+    │   ├── RecordMismatch           valid, but not the record asked for
+    │   │                            (other recipient, key, subject, zone)
+    │   └── RotationChainError       a key rotation chain must not be
+    │                                followed (revoked, fork, cycle, …)
     ├── ChunkError                   a chunk cannot be used
     │   ├── ChunkHashMismatch        sha256 differs from the manifest's
     │   └── ChunkUnrecoverable       RS decode or checksum failed
@@ -75,6 +77,7 @@ __all__ = [
     "RecordMismatch",
     "RecordTooLong",
     "RegistrationError",
+    "RotationChainError",
     "ScopeError",
     "SyncError",
     "UnsupportedVersion",
@@ -136,6 +139,10 @@ class ClockSkew(RecordError):
 
 class RecordMismatch(RecordError):
     """The record is valid but is not the one asked for."""
+
+
+class RotationChainError(RecordError):
+    """The key rotation chain from the pinned key cannot be trusted (wire.md §5.7)."""
 
 
 # -- chunks and erasure ----------------------------------------------------
