@@ -35,7 +35,8 @@ default message.
     │   ├── KdfError                 bad KDF input (salt too short)
     │   └── DecryptionFailed         AEAD tag did not verify
     ├── MessageError                 the decrypted message is unusable
-    │   └── MessageExpired           now > ts + ttl
+    │   ├── MessageExpired           now > ts + ttl
+    │   └── BadAddress               not a canonical user@host (DMPv2 from)
     ├── ScopeError                   TSIG key names and scopes (wire.md §7)
     │   └── KeyNameTooLong           first label over 63 octets
     ├── RegistrationError            registration ceremony (wire.md §8)
@@ -51,6 +52,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "BadAddress",
     "BadCursor",
     "BadDigestEntry",
     "BadProof",
@@ -196,6 +198,10 @@ class MessageError(DmpError):
 
 class MessageExpired(MessageError):
     """The message has expired."""
+
+
+class BadAddress(MessageError):
+    """The address is not a canonical user@host."""
 
 
 # -- TSIG, registration, sync ----------------------------------------------
