@@ -1,0 +1,219 @@
+"""Conformance suite for the TokenStore + AuditLog ports: memory and sqlite alike."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dmp.adapters.token_store import MemoryTokenStore, SqliteTokenStore
+from dmp.ports.tokens import (
+    AuditEntry,
+    AuditEvent,
+    AuditLog,
+    TokenExists,
+    TokenRecord,
+    TokenStore,
+    TokenStoreError,
+)
+
+pytestmark = pytest.mark.anyio
+
+Store = MemoryTokenStore | SqliteTokenStore
+
+
+def _hash(label: str) -> str:
+    return hashlib.sha256(label.encode()).hexdigest()
+
+
+def _token(label: str, subject: str = "alice@example.com", **kw: object) -> TokenRecord:
+    fields: dict[str, object] = {
+        "token_hash": _hash(label),
+        "subject": subject,
+        "issued_at": 1_000,
+        "expires_at": None,
+    }
+    fields.update(kw)
+    return TokenRecord(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s: Store
+    if request.param == "memory":
+        s = MemoryTokenStore(max_audit_rows=50)
+    else:
+        s = await SqliteTokenStore.open(tmp_path / "tokens.db", max_audit_rows=50)
+    yield s
+    await s.aclose()
+
+
+async def test_implements_both_ports(store: Store) -> None:
+    """Each adapter is a TokenStore and an AuditLog."""
+    assert isinstance(store, TokenStore)
+    assert isinstance(store, AuditLog)
+
+
+async def test_add_get_round_trip_keeps_every_field(store: Store) -> None:
+    """A stored token comes back field for field; unknown hashes give None."""
+    rec = _token(
+        "t1",
+        expires_at=2_000,
+        rate_per_sec=2.5,
+        rate_burst=7,
+        note="ops laptop",
+        registered_spk="ab" * 32,
+        prekey_x25519="cd" * 32,
+    )
+    await store.add(rec)
+    assert rec == await store.get(rec.token_hash)
+    assert await store.get(_hash("other")) is None
+
+
+async def test_duplicate_hash_is_refused(store: Store) -> None:
+    """Adding the same hash twice raises TokenExists and keeps the first."""
+    first = _token("dup", note="first")
+    await store.add(first)
+    with pytest.raises(TokenExists):
+        await store.add(_token("dup", note="second"))
+    assert first == await store.get(first.token_hash)
+
+
+async def test_find_filters_and_orders(store: Store) -> None:
+    """find filters by subject, hash prefix and revocation, oldest first."""
+    a1 = _token("a1", issued_at=30)
+    a2 = _token("a2", issued_at=10)
+    b1 = _token("b1", subject="bob@example.com", issued_at=20)
+    for rec in (a1, a2, b1):
+        await store.add(rec)
+    assert [a2, b1, a1] == await store.find()
+    assert [a2, a1] == await store.find(subject="alice@example.com")
+    assert [b1] == await store.find(hash_prefix=b1.token_hash[:10])
+    assert [b1] == await store.find(hash_prefix=b1.token_hash[:10].upper())
+    assert await store.find(subject="alice@example.com", hash_prefix=b1.token_hash[:10]) == []
+
+    assert await store.revoke(a2.token_hash, now=50)
+    assert [a1] == await store.find(subject="alice@example.com")
+    found = await store.find(subject="alice@example.com", include_revoked=True)
+    assert [a2.token_hash, a1.token_hash] == [r.token_hash for r in found]
+    assert found[0].revoked_at == 50
+
+
+async def test_revoke_once(store: Store) -> None:
+    """revoke is True once, then False; unknown hashes are False."""
+    rec = _token("r")
+    await store.add(rec)
+    assert await store.revoke(rec.token_hash, now=5)
+    assert not await store.revoke(rec.token_hash, now=6)
+    assert not await store.revoke(_hash("nobody"), now=6)
+    got = await store.get(rec.token_hash)
+    assert got is not None
+    assert got.revoked_at == 5
+    assert not got.live(4)
+
+
+def test_live_semantics() -> None:
+    """A token is live before expires_at and while not revoked."""
+    rec = _token("x", expires_at=100)
+    assert rec.live(99)
+    assert not rec.live(100)
+    assert _token("y").live(10**12)
+    assert not _token("z", revoked_at=1).live(0)
+    assert _token("s", registered_spk="00" * 32).self_service
+    assert not rec.self_service
+
+
+async def test_audit_tail_newest_first_with_filter_and_limit(store: Store) -> None:
+    """tail returns the newest rows first, filtered by event, at most limit."""
+    events = [AuditEvent.ISSUED, AuditEvent.USED, AuditEvent.USED, AuditEvent.REJECTED]
+    for i, ev in enumerate(events):
+        await store.append(
+            AuditEntry(
+                ts=100.0 + i, event=ev, subject="alice@example.com", detail=f"row {i}", remote="::1"
+            )
+        )
+    rows = await store.tail()
+    assert [r.detail for r in rows] == ["row 3", "row 2", "row 1", "row 0"]
+    assert [r.seq for r in rows] == sorted((r.seq for r in rows), reverse=True)
+    assert len({r.seq for r in rows}) == 4
+    assert rows[0].remote == "::1"
+    assert rows[0].ts == 103.0
+    used = await store.tail(event=AuditEvent.USED)
+    assert [r.detail for r in used] == ["row 2", "row 1"]
+    assert [r.detail for r in await store.tail(limit=1)] == ["row 3"]
+
+
+async def test_audit_anonymous_rows_keep_nulls(store: Store) -> None:
+    """Rows without subject or token hash (shared pool) keep them None."""
+    await store.append(AuditEntry(ts=1.0, event=AuditEvent.USED, detail="POST slot-1.mb-x"))
+    (row,) = await store.tail()
+    assert row.subject is None
+    assert row.token_hash is None
+
+
+async def test_concurrent_audit_appends_all_land(store: Store) -> None:
+    """Appends racing from many tasks are all committed (group commit keeps every row)."""
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(
+                store.append, AuditEntry(ts=float(i), event=AuditEvent.USED, detail=str(i))
+            )
+    rows = await store.tail(limit=100)
+    assert sorted(range(40)) == sorted(int(r.detail) for r in rows)
+
+
+async def test_audit_is_bounded(store: Store) -> None:
+    """The audit log keeps at most max_audit_rows (50 here), dropping the oldest."""
+    for i in range(130):
+        await store.append(AuditEntry(ts=float(i), event=AuditEvent.USED, detail=str(i)))
+    rows = await store.tail(limit=1000)
+    assert len(rows) <= 50 + 50  # sqlite prunes in steps of max_audit_rows
+    assert rows[0].detail == "129"
+    assert "0" not in {r.detail for r in rows}
+
+
+async def test_closed_store_refuses(store: Store) -> None:
+    """After aclose every call raises TokenStoreError."""
+    await store.aclose()
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.get(_hash("a")),
+        lambda: store.add(_token("a")),
+        lambda: store.find(),
+        lambda: store.tail(),
+    ]
+    for call in calls:
+        with pytest.raises(TokenStoreError):
+            await call()
+
+
+async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    """Tokens, revocations and audit rows are on disk when the store returns."""
+    path = tmp_path / "t.db"
+    s1 = await SqliteTokenStore.open(path)
+    rec = _token("persist", expires_at=9_999, registered_spk="ef" * 32)
+    await s1.add(rec)
+    await s1.add(_token("gone"))
+    await s1.revoke(_hash("gone"), now=77)
+    await s1.append(AuditEntry(ts=5.5, event=AuditEvent.ISSUED, subject=rec.subject))
+    await s1.aclose()
+
+    s2 = await SqliteTokenStore.open(path)
+    try:
+        assert rec == await s2.get(rec.token_hash)
+        gone = await s2.get(_hash("gone"))
+        assert gone is not None
+        assert gone.revoked_at == 77
+        (row,) = await s2.tail()
+        assert (AuditEvent.ISSUED, rec.subject, 5.5) == (row.event, row.subject, row.ts)
+    finally:
+        await s2.aclose()
+    assert path.stat().st_mode & 0o077 == 0
+
+
+async def test_sqlite_open_fails_cleanly(tmp_path: Path) -> None:
+    """A path in a missing directory raises TokenStoreError, not sqlite3.Error."""
+    with pytest.raises(TokenStoreError):
+        await SqliteTokenStore.open(tmp_path / "missing" / "t.db")
