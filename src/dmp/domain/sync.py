@@ -24,19 +24,39 @@ Rules of this module:
   entries and never moves backwards; a peer's ``next_cursor`` never moves it.
 * :func:`is_reserved_owner` names the DMP-shaped owners at which non-DMP
   text is refused on pull.
+* :func:`accept_pulled_value` decides whether a pulled value is stored: its
+  hash must be one the peer advertised for that owner and it must re-verify
+  by type. A refusal is a policy outcome, so it is returned
+  (:class:`PullRefused`), not raised.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final
 
 import attrs
 import dns.name
 
-from dmp.domain.errors import BadCursor, BadDigestEntry
+from dmp.domain.bootstrap import BOOTSTRAP_PREFIX
+from dmp.domain.chunk import parse_chunk_txt, unwrap_block
+from dmp.domain.claim import verify_claim
+from dmp.domain.cluster import CLUSTER_PREFIX, decode_cluster_body, signed_blob, verify_cluster
+from dmp.domain.codec import (
+    THIRTY_DAYS_S,
+    b64decode_lenient,
+    b64decode_strict,
+    check_expiry_cap,
+    strip_prefix,
+)
+from dmp.domain.errors import BadCursor, BadDigestEntry, DmpError, MalformedRecord
+from dmp.domain.identity import verify_identity
+from dmp.domain.keys import ED25519_SIG_LEN
+from dmp.domain.manifest import parse_manifest
+from dmp.domain.prekey import PREKEY_PREFIX
+from dmp.domain.rotation import verify_revocation, verify_rotation
 
 __all__ = [
     "FUTURE_TS_SLACK_MS",
@@ -45,8 +65,11 @@ __all__ = [
     "ORIGIN",
     "TTL_REFRESH_SLACK_S",
     "DigestEntry",
+    "PullAccepted",
+    "PullRefused",
     "SyncCursor",
     "Watermark",
+    "accept_pulled_value",
     "is_reserved_owner",
     "plan_pulls",
     "pull_names",
@@ -326,3 +349,148 @@ def is_reserved_owner(owner: str | dns.name.Name) -> bool:
     text = owner.to_text(omit_final_dot=True) if isinstance(owner, dns.name.Name) else owner
     first = text.split(".", 1)[0].lower()
     return _RESERVED_FIRST_LABEL.fullmatch(first) is not None
+
+
+# -- re-verifying pulled values ------------------------------------------------
+
+_MIN_SIGNED_BLOB: Final = ED25519_SIG_LEN + 1
+"""Prekey and bootstrap values are only checked to decode to at least this many bytes."""
+
+
+@attrs.frozen
+class PullAccepted:
+    """Store the pulled value (with the TTL the peer sent).
+
+    Attributes:
+        kind: what it verified as: ``chunk``, ``manifest``, ``identity``,
+            ``prekey``, ``cluster``, ``bootstrap``, ``rotation``,
+            ``revocation``, ``claim``, or ``text`` (non-DMP TXT at an
+            ordinary owner).
+    """
+
+    kind: str
+
+
+@attrs.frozen
+class PullRefused:
+    """Do not store the pulled value; ``reason`` says why (for logs and metrics)."""
+
+    reason: str
+
+
+def _dmp_type(value: str) -> str | None:
+    """The ``t=`` field of a ``;``-separated ``key=value`` DMP TXT value."""
+    fields: dict[str, str] = {}
+    for part in value.split(";"):
+        key, sep, field_value = part.partition("=")
+        if sep:
+            fields[key] = field_value
+    return fields.get("t")
+
+
+def _check_min_blob(blob: bytes, kind: str) -> None:
+    if len(blob) < _MIN_SIGNED_BLOB:
+        raise MalformedRecord(
+            f"{kind} payload of {len(blob)} bytes is shorter than {_MIN_SIGNED_BLOB}"
+        )
+
+
+def _verify_cluster_record(value: str, operator_spk: bytes | None, now: int) -> None:
+    if operator_spk is None:
+        # No pinned key: the manifest must at least verify under its own embedded key.
+        blob = signed_blob(value, CLUSTER_PREFIX, ED25519_SIG_LEN)
+        operator_spk = decode_cluster_body(blob[:-ED25519_SIG_LEN]).operator_spk
+    verify_cluster(value, operator_spk, now=now)
+
+
+def _verify_by_type(kind: str, value: str, *, now: int, operator_spk: bytes | None) -> None:
+    if kind == "chunk":
+        unwrap_block(parse_chunk_txt(value))
+    elif kind == "manifest":
+        manifest = parse_manifest(value)
+        check_expiry_cap(manifest.exp, now, THIRTY_DAYS_S)
+    elif kind == "identity":
+        verify_identity(value)
+    elif kind == "prekey":
+        _check_min_blob(b64decode_lenient(strip_prefix(value, PREKEY_PREFIX)), kind)
+    elif kind == "cluster":
+        _verify_cluster_record(value, operator_spk, now)
+    elif kind == "bootstrap":
+        _check_min_blob(b64decode_strict(strip_prefix(value, BOOTSTRAP_PREFIX)), kind)
+    elif kind == "rotation":
+        verify_rotation(value, None, None, now=now)
+    elif kind == "revocation":
+        verify_revocation(value, None, None, now=now)
+    elif kind == "claim":
+        verify_claim(value, now=now)
+    else:  # pragma: no cover - guarded by _PULLABLE_TYPES
+        raise AssertionError(kind)
+
+
+_PULLABLE_TYPES: Final = frozenset(
+    {
+        "chunk",
+        "manifest",
+        "identity",
+        "prekey",
+        "cluster",
+        "bootstrap",
+        "rotation",
+        "revocation",
+        "claim",
+    }
+)
+
+
+def accept_pulled_value(
+    owner: str | dns.name.Name,
+    value: str,
+    *,
+    advertised_hashes: Collection[str],
+    now: int,
+    cluster_operator_spk: bytes | None = None,
+) -> PullAccepted | PullRefused:
+    """Whether the puller stores a value a peer returned from ``/v1/sync/pull`` (wire.md §9).
+
+    In order: ``value_hash(value)`` must be one of the hashes the peer's
+    digest advertised for ``owner``; then a ``v=dmp…`` value must re-verify
+    by its ``t=`` type:
+
+    * manifest (signature; ``exp`` at most 30 days ahead), identity, claim,
+      rotation, revocation: the full signature and time checks of the type;
+    * cluster: against ``cluster_operator_spk`` when the node pins one, else
+      against the key embedded in the manifest;
+    * prekey, bootstrap: the payload decodes to at least 65 bytes (the
+      signer of a prekey is not in the record);
+    * chunk: the decoded ``d=`` bytes unwrap (Reed–Solomon and checksum);
+    * any other type (``heartbeat`` included): refused.
+
+    Non-DMP text is refused at a DMP-shaped owner (:func:`is_reserved_owner`)
+    and accepted anywhere else.
+
+    Args:
+        owner: the owner the value was pulled for.
+        value: the pulled TXT value.
+        advertised_hashes: the peer's digest hashes for ``owner``.
+        now: current time, POSIX seconds.
+        cluster_operator_spk: the pinned cluster operator key
+            (``DMP_SYNC_OPERATOR_SPK``), if any.
+
+    Returns:
+        :class:`PullAccepted` (store it with the pulled TTL) or
+        :class:`PullRefused`.
+    """
+    if value_hash(value) not in advertised_hashes:
+        return PullRefused("value hash was not advertised in the digest for this owner")
+    if not value.startswith("v=dmp"):
+        if is_reserved_owner(owner):
+            return PullRefused("non-DMP text at a DMP-shaped owner")
+        return PullAccepted("text")
+    kind = _dmp_type(value)
+    if kind not in _PULLABLE_TYPES:
+        return PullRefused(f"DMP record type {kind!r} is not replicated")
+    try:
+        _verify_by_type(kind, value, now=now, operator_spk=cluster_operator_spk)
+    except DmpError as exc:
+        return PullRefused(f"{kind} record does not verify: {type(exc).__name__}: {exc}")
+    return PullAccepted(kind)

@@ -14,8 +14,11 @@ import pytest
 from dmp.domain.errors import BadCursor, BadDigestEntry
 from dmp.domain.sync import (
     ORIGIN,
+    PullAccepted,
+    PullRefused,
     SyncCursor,
     Watermark,
+    accept_pulled_value,
     is_reserved_owner,
     validate_digest_entry,
     value_hash,
@@ -155,3 +158,114 @@ def test_paging_with_the_watermark_covers_the_full_digest() -> None:
             break
         watermark = advanced
     assert seen == expected
+
+
+# -- re-verifying pulled values ------------------------------------------------
+
+VERIFY = V["verify_record"]
+
+
+@pytest.mark.parametrize("case", params(VERIFY["cases"], key="kind"))
+def test_verify_record(case: dict[str, Any]) -> None:
+    outcome = accept_pulled_value(
+        case["name"],
+        case["value"],
+        advertised_hashes={value_hash(case["value"])},
+        now=VERIFY["now"],
+    )
+    if case["accepted"]:
+        assert isinstance(outcome, PullAccepted), outcome
+    else:
+        assert isinstance(outcome, PullRefused), outcome
+        assert outcome.reason
+
+
+def _cluster_cases() -> list[dict[str, Any]]:
+    return [c for c in VERIFY["cases"] if c["value"].startswith("v=dmp1;t=cluster;")]
+
+
+def test_cluster_with_pinned_operator() -> None:
+    pinned = VERIFY["cluster_with_pinned_operator"]
+    cases = _cluster_cases()
+    assert cases
+    for case in cases:
+        outcome = accept_pulled_value(
+            case["name"],
+            case["value"],
+            advertised_hashes={value_hash(case["value"])},
+            now=VERIFY["now"],
+            cluster_operator_spk=h(pinned["cluster_operator_spk"]),
+        )
+        assert isinstance(outcome, PullAccepted) is pinned["accepted"]
+        # Pinned to another key, the same manifest is refused.
+        other = bytes(31) + b"\x07"
+        refused = accept_pulled_value(
+            case["name"],
+            case["value"],
+            advertised_hashes={value_hash(case["value"])},
+            now=VERIFY["now"],
+            cluster_operator_spk=other,
+        )
+        assert isinstance(refused, PullRefused)
+
+
+@pytest.mark.parametrize("case", params(VERIFY["cases"], key="kind"))
+def test_unadvertised_hash_is_refused(case: dict[str, Any]) -> None:
+    """Whatever the value, it is refused when its hash was not in the peer's digest."""
+    outcome = accept_pulled_value(
+        case["name"],
+        case["value"],
+        advertised_hashes={value_hash(case["value"] + "x"), "0" * 64},
+        now=VERIFY["now"],
+    )
+    assert isinstance(outcome, PullRefused)
+
+
+def _record_type(value: str) -> str:
+    return value.split(";")[1].removeprefix("t=")
+
+
+def _tamper(value: str) -> str:
+    """Change one base64 character two thirds into the value (never padding)."""
+    i = len(value) * 2 // 3
+    return value[:i] + ("A" if value[i] != "A" else "B") + value[i + 1 :]
+
+
+# prekey and bootstrap values are only length-checked on pull, and a chunk's
+# Reed-Solomon code repairs a one-byte change (wire.md §4, §9).
+_SIGNED_CASES = [
+    c
+    for c in VERIFY["cases"]
+    if c["accepted"]
+    and c["value"].startswith("v=dmp")
+    and _record_type(c["value"]) not in ("prekey", "bootstrap", "chunk")
+]
+
+
+@pytest.mark.parametrize("case", params(_SIGNED_CASES, key="kind"))
+def test_tampered_signed_value_is_refused(case: dict[str, Any]) -> None:
+    """Changing one payload character of an accepted signed value makes it fail re-verification."""
+    tampered = _tamper(case["value"])
+    outcome = accept_pulled_value(
+        case["name"], tampered, advertised_hashes={value_hash(tampered)}, now=VERIFY["now"]
+    )
+    assert isinstance(outcome, PullRefused), (case["kind"], outcome)
+
+
+@pytest.mark.parametrize(
+    "case",
+    params(
+        [c for c in VERIFY["cases"] if c["accepted"] and c["value"].startswith("v=dmp1;t=chunk;")],
+        key="kind",
+    ),
+)
+def test_chunk_with_one_damaged_byte_is_repaired(case: dict[str, Any]) -> None:
+    tampered = _tamper(case["value"])
+    outcome = accept_pulled_value(
+        case["name"], tampered, advertised_hashes={value_hash(tampered)}, now=VERIFY["now"]
+    )
+    assert outcome == PullAccepted("chunk")
+
+
+def test_signed_cases_present() -> None:
+    assert _SIGNED_CASES
