@@ -1,0 +1,1 @@
+"""The dnsmesh client: configuration, local state, use cases and the CLI."""
