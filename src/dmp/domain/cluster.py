@@ -144,7 +144,7 @@ def validate_dns_name(name: str, *, max_len: int = MAX_DNS_NAME_LEN) -> str:
 
 def dns_names_equal(a: str, b: str) -> bool:
     """Compare two DNS names casefolded, ignoring one trailing dot on each (wire.md §1.7)."""
-    return strip_trailing_dot(a).casefold() == strip_trailing_dot(b).casefold()
+    return a == b or strip_trailing_dot(a).casefold() == strip_trailing_dot(b).casefold()
 
 
 def check_wire_len(wire: str) -> None:

@@ -167,7 +167,7 @@ def validate_subject(subject_type: SubjectType, subject: str) -> bytes:
 
 def subjects_equal(a: str, b: str) -> bool:
     """Compare two subjects casefolded, ignoring one trailing dot on each."""
-    return strip_trailing_dot(a).casefold() == strip_trailing_dot(b).casefold()
+    return a == b or strip_trailing_dot(a).casefold() == strip_trailing_dot(b).casefold()
 
 
 def _subject_type(value: int) -> SubjectType:

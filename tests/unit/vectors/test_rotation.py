@@ -130,7 +130,8 @@ def test_rotation_rejects_mismatch_and_time(case: dict[str, Any]) -> None:
     verify_rotation(wire, None, None, now=case["exp"] - FIVE_YEARS_S)
     with pytest.raises(ExpiryTooFar):
         verify_rotation(wire, None, None, now=case["exp"] - FIVE_YEARS_S - 1)
-    verify_rotation(wire, None, case["subject"].upper(), now=now)
+    if case["subject"].isascii():
+        verify_rotation(wire, None, case["subject"].upper(), now=now)
 
 
 @pytest.mark.parametrize("case", params(V["rotations"]))
