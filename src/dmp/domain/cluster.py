@@ -178,19 +178,31 @@ def signed_blob(wire: str, prefix: str, sig_len: int) -> bytes:
 
 
 def check_u64(value: int, field: str) -> None:
-    """Raises MalformedRecord when ``value`` does not fit a u64."""
+    """Check that ``value`` fits a u64 (``field`` names it in the message).
+
+    Raises:
+        MalformedRecord: ``value`` is negative or ≥ 2**64.
+    """
     if not 0 <= value <= _U64_MAX:
         raise MalformedRecord(f"{field} {value} does not fit a u64")
 
 
 def check_key(value: bytes, field: str) -> None:
-    """Raises MalformedRecord when ``value`` is not 32 bytes."""
+    """Check that ``value`` is a 32-byte key (``field`` names it in the message).
+
+    Raises:
+        MalformedRecord: ``value`` is not 32 bytes.
+    """
     if len(value) != _KEY_LEN:
         raise MalformedRecord(f"{field} must be {_KEY_LEN} bytes, got {len(value)}")
 
 
 def check_seed(signing_seed: bytes, public_key: bytes, field: str) -> None:
-    """Raises MalformedRecord unless ``signing_seed`` is the 32-byte seed of ``public_key``."""
+    """Check that ``signing_seed`` is the 32-byte Ed25519 seed of ``public_key``.
+
+    Raises:
+        MalformedRecord: the seed is not 32 bytes or belongs to another key.
+    """
     if len(signing_seed) != 32:
         raise MalformedRecord("Ed25519 seed must be 32 bytes")
     if keys.ed25519_public_from_seed(signing_seed) != public_key:
