@@ -74,6 +74,7 @@ __all__ = [
     "canonicalize_address",
     "check_sender_pinned",
     "choose_prekey",
+    "chunk_owners",
     "decode_envelope",
     "decode_header_json",
     "decode_outer",
@@ -621,6 +622,21 @@ class ReceivedMessage:
     ts: int
     sender_spk: bytes
     prekey_id: int
+
+
+def chunk_owners(manifest: SlotManifest, zone: str) -> tuple[dns.name.Name, ...]:
+    """The owners of a manifest's chunks, index ``0..n-1`` (wire.md §2).
+
+    Args:
+        manifest: the manifest.
+        zone: the zone the manifest was found in (chunks live beside it;
+            receivers refuse chunks from other zones).
+
+    Returns:
+        ``chunk-{i:04d}-{msg_key}.{zone}`` for every ``i`` in ``0..n-1``.
+    """
+    key = msg_key(manifest.msg_id, manifest.recipient_id, manifest.sender_spk)
+    return tuple(chunk_owner(i, key, zone) for i in range(manifest.total_chunks))
 
 
 def _collect_shares(

@@ -27,6 +27,7 @@ from dmp.domain.message import (
     canonicalize_address,
     check_sender_pinned,
     choose_prekey,
+    chunk_owners,
     decode_envelope,
     decode_header_json,
     decode_outer,
@@ -170,11 +171,11 @@ def chunk_values(
     manifest: SlotManifest, zone: str, served: dict[str, list[str]]
 ) -> dict[int, list[str]]:
     """The TXT values at each chunk owner the manifest points to."""
-    key = msg_key(manifest.msg_id, manifest.recipient_id, manifest.sender_spk)
-    return {
-        i: served.get(owner_text(chunk_owner(i, key, zone)), [])
-        for i in range(manifest.total_chunks)
-    }
+    owners = chunk_owners(manifest, zone)
+    assert owners[0] == chunk_owner(
+        0, msg_key(manifest.msg_id, manifest.recipient_id, manifest.sender_spk), zone
+    )
+    return {i: served.get(owner_text(owner), []) for i, owner in enumerate(owners)}
 
 
 def prekey_private_for(bob: dict[str, Any], prekey_id: int) -> bytes | None:
