@@ -1,0 +1,926 @@
+"""The node's authoritative DNS logic: queries and RFC 2136 UPDATE (layer: apps).
+
+Wire in, wire out. The transport (:mod:`dmp.adapters.dns_server`) calls
+:meth:`DnsHandler.answer_cached` for every datagram or TCP frame first; it is
+synchronous and answers a plain query from the answer cache in a few
+microseconds. When it returns ``None`` the transport awaits
+:meth:`DnsHandler.handle`, which parses with dnspython, reads the store,
+renders, caches and applies UPDATEs. Reference behaviour: behaviour.md §e;
+TSIG and scopes: wire.md §7; multi-string TXT: wire.md §1.4.
+
+Queries (RFC 1034/1035, RFC 6891):
+
+* only the first question is answered; QDCOUNT ≠ 1 is FORMERR (RFC 9619);
+  AA is set, RA is clear, RD is echoed; qnames match case-insensitively and
+  the question is echoed with the query's own case (0x20-safe);
+* TXT answers come from the store: one RR per stored value, split into
+  ≤255-byte character-strings, TTL = ``dns_ttl`` whatever the stored TTL;
+* an absent name is NXDOMAIN, except the zone apex (NODATA); other types are
+  NODATA (never NXDOMAIN, so QNAME minimisation works), except the apex
+  A/AAAA/NS/SOA when configured; negative answers carry the apex SOA in the
+  authority section when ``apex_ns`` and ``apex_soa_rname`` are both set (SOA
+  serial = render time, refresh 3600, retry 600, expire 604800, minimum =
+  ``dns_ttl``);
+* *dmp*: with a served zone configured, an absent name outside it is REFUSED
+  without AA (stored names are answered wherever they are, as the reference
+  does); a class other than IN, AXFR and IXFR are REFUSED; an EDNS version
+  other than 0 gets BADVERS; opcodes other than QUERY and UPDATE get NOTIMP;
+* UDP answers larger than the query's EDNS payload size (512 without OPT) are
+  sent as header + question (+ OPT) with TC=1; TCP answers are not truncated
+  (over 65535 bytes → SERVFAIL);
+* a message shorter than 12 bytes, or with QR set, is dropped; a message
+  dnspython cannot parse gets FORMERR; an internal error gets SERVFAIL and a
+  log line. Nothing raised here reaches the transport.
+
+Answer cache: rendered replies keyed by (lowercased qname wire, qtype,
+qclass, EDNS present), holding both the full and the truncated rendering;
+per query only the message ID, the RD bit and the question's case are patched
+in. An entry is dropped when the store reports a change at its owner
+(``RecordStore.add_listener``), when a stored row it shows expires, after
+``answer_cache_max_age_s`` (which also refreshes the SOA serial), or by FIFO
+eviction past ``answer_cache_size``. A read racing a write never caches what
+it read.
+
+Rate limit: one token bucket per source IP and transport
+(``dns_rate``/``dns_burst``, 0 disables); over-limit messages are dropped
+silently, as the reference does. The default, 2000 q/s with a burst of
+10000, does not throttle a busy recursive resolver: one resolver address
+carries all of its users' lookups (a single ``dnsmesh recv`` is ~38
+queries), and the reference's 50 q/s / burst 200 starves it within seconds;
+2000 q/s per source is still ~1-2 % of what this server answers, so one
+source cannot monopolise it. Spoofed-source floods are the transport's
+concern (bounded pending work) rather than this bucket's.
+
+UPDATE (RFC 2136, RFC 8945), only when ``dns_update_enabled`` and a served
+zone is set (else REFUSED):
+
+* one zone RR of type SOA (else FORMERR), equal to the served zone (else
+  NOTAUTH); every update owner at or under it (else NOTZONE); the
+  prerequisite section is ignored; non-TXT RRs are skipped (except a
+  class-ANY type-ANY delete, which deletes the TXT RRset);
+* ADD = class IN, delete-one = class NONE + rdata, delete-all = class ANY;
+  other classes are FORMERR; character-strings are joined and decoded as
+  strict UTF-8 (FORMERR);
+* TSIG (any HMAC dnspython supports; keyring cached per
+  ``TsigKeyStore.generation``): an unknown, revoked or expired key or an
+  unsupported algorithm → NOTAUTH with TSIG error BADKEY, a bad MAC → BADSIG
+  (both unsigned), a time outside the fudge → BADTIME (signed), as RFC 8945
+  §5.3.2 prescribes; each RR must pass :func:`dmp.domain.tsig.authorize`
+  (a wildcard suffix authorizes only ADD) else REFUSED; replies to signed
+  requests are signed;
+* without TSIG: only when ``claim_provider`` or
+  ``receiver_claim_notifications`` is on, only ADDs at
+  ``claim-<digits>.mb-<12hex>.<zone>`` whose value verifies as a claim with
+  ``exp − now ≤ claim_max_ttl`` (and, with notifications only, whose hash12
+  belongs to a registered key's ``mb-`` scope), else REFUSED; the
+  per-recipient bucket (``claim_rate``/``claim_burst``) exhausted → SERVFAIL;
+  the TTL is clamped to ``claim_max_ttl``; an empty un-TSIG'd UPDATE is REFUSED;
+* caps on every ADD: value bytes ≤ ``max_value_bytes``, 1 ≤ TTL ≤
+  ``max_ttl``, live values per owner ≤ ``max_values_per_name`` → REFUSED;
+* NOERROR is sent only after ``await store.put/delete`` returned (durable);
+  a store failure → SERVFAIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Literal
+
+import attrs
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.SOA
+import dns.rdtypes.ANY.TSIG
+import dns.rdtypes.ANY.TXT
+import dns.rrset
+import dns.tsig
+import dns.update
+
+from dmp.domain.claim import verify_claim
+from dmp.domain.codec import split_txt
+from dmp.domain.errors import DmpError
+from dmp.domain.names import owner_text
+from dmp.domain.ratelimit import KeyedBuckets
+from dmp.domain.tsig import Refused, UpdateOp, authorize, untsigd_claim_hash12
+from dmp.ports.clock import Clock
+from dmp.ports.store import RecordStore, StoreError, StoreFull, TsigKey, TsigKeyStore
+
+__all__ = [
+    "DEFAULT_DNS_BURST",
+    "DEFAULT_DNS_RATE",
+    "DROP",
+    "DnsConfig",
+    "DnsHandler",
+    "Transport",
+]
+
+_log = logging.getLogger("dmp.dns")
+
+Transport = Literal["udp", "tcp"]
+
+DROP: Final = b""
+"""Returned by :meth:`DnsHandler.answer_cached` for "send nothing" (rate limited, a response)."""
+
+DEFAULT_DNS_RATE: Final = 2000.0
+DEFAULT_DNS_BURST: Final = 10000.0
+
+_MAX_WIRE: Final = 65535
+_MIN_UDP: Final = 512
+_SOA_REFRESH: Final = 3600
+_SOA_RETRY: Final = 600
+_SOA_EXPIRE: Final = 604800
+_TSIG_FUDGE: Final = 300
+_BYTE: Final = tuple(bytes((i,)) for i in range(256))
+_STD_QUERY_COUNTS: Final = b"\x00\x01\x00\x00\x00\x00"  # QD=1 AN=0 NS=0
+_MB_SCOPE_RE: Final = re.compile(r"mb-([0-9a-f]{12})\..+")
+
+
+def _zone_converter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().rstrip(".").lower()
+    return text or None
+
+
+@attrs.frozen
+class DnsConfig:
+    """What the DNS handler needs, named after the node's DMP_* variables (behaviour.md §c).
+
+    Attributes:
+        served_zone: ``DMP_SERVED_ZONE`` (after the reference's fallback chain),
+            lowercase without trailing dot; ``None`` answers every name from the
+            store and refuses UPDATE.
+        dns_ttl: ``DMP_DNS_TTL``, the TTL of every answer RR, seconds.
+        dns_rate: ``DMP_DNS_RATE``, tokens per second per source IP (0 = off).
+        dns_burst: ``DMP_DNS_BURST``, bucket capacity.
+        dns_max_concurrency: ``DMP_DNS_MAX_CONCURRENCY``, how many slow-path
+            messages the transport keeps in flight (more are dropped).
+        apex_a: ``DMP_DNS_APEX_A`` addresses served at the zone apex.
+        apex_aaaa: ``DMP_DNS_APEX_AAAA`` addresses.
+        apex_ns: ``DMP_DNS_APEX_NS`` host names (the first is the SOA MNAME).
+        apex_soa_rname: ``DMP_DNS_APEX_SOA_RNAME``; the SOA exists only when
+            this and ``apex_ns`` are both set.
+        max_ttl: ``DMP_MAX_TTL``, largest TTL an UPDATE ADD may carry.
+        max_value_bytes: ``DMP_MAX_VALUE_BYTES``, largest joined TXT value.
+        max_values_per_name: ``DMP_MAX_VALUES_PER_NAME``, RRset cardinality cap.
+        dns_update_enabled: ``DMP_DNS_UPDATE_ENABLED``.
+        claim_provider: ``DMP_CLAIM_PROVIDER`` (un-TSIG'd claims for anyone).
+        receiver_claim_notifications: ``DMP_RECEIVER_CLAIM_NOTIFICATIONS``
+            (un-TSIG'd claims for registered users of this zone).
+        claim_max_ttl: ``DMP_CLAIM_MAX_TTL``, seconds (claim ``exp − now`` and TTL).
+        claim_rate: ``DMP_CLAIM_RATE_PER_USER_PER_SEC``, per recipient hash12.
+        claim_burst: ``DMP_CLAIM_RATE_BURST``.
+        answer_cache_size: *dmp*, rendered answers kept (FIFO eviction).
+        answer_cache_max_age_s: *dmp*, longest an entry is served, seconds.
+        edns_payload: *dmp*, the UDP payload size we advertise in our OPT.
+    """
+
+    served_zone: str | None = attrs.field(default=None, converter=_zone_converter)
+    dns_ttl: int = 60
+    dns_rate: float = DEFAULT_DNS_RATE
+    dns_burst: float = DEFAULT_DNS_BURST
+    dns_max_concurrency: int = 128
+    apex_a: tuple[str, ...] = ()
+    apex_aaaa: tuple[str, ...] = ()
+    apex_ns: tuple[str, ...] = ()
+    apex_soa_rname: str | None = None
+    max_ttl: int = 86400
+    max_value_bytes: int = 2048
+    max_values_per_name: int = 64
+    dns_update_enabled: bool = False
+    claim_provider: bool = True
+    receiver_claim_notifications: bool = False
+    claim_max_ttl: int = 86400
+    claim_rate: float = 0.5
+    claim_burst: float = 30.0
+    answer_cache_size: int = 200_000
+    answer_cache_max_age_s: float = 60.0
+    edns_payload: int = 1232
+
+
+def _parse_plain_query(wire: bytes) -> tuple[bytes, int, int, int] | None:
+    """Split a plain QUERY into its cache key parts without dnspython.
+
+    Accepts exactly: QR=0, opcode QUERY, QDCOUNT=1, AN=NS=0, an uncompressed
+    qname, and either no additional RR or one OPT of EDNS version 0 (options
+    ignored), with nothing after it.
+
+    Returns:
+        ``(key, qname_end, question_end, udp_limit)`` or ``None``.
+    """
+    n = len(wire)
+    if n < 17 or wire[2] & 0xF8 or wire[4:10] != _STD_QUERY_COUNTS:
+        return None
+    i = 12
+    length = wire[i]
+    while length:
+        if length > 63:
+            return None
+        i += length + 1
+        if i >= n:
+            return None
+        length = wire[i]
+    qname_end = i + 1
+    qend = qname_end + 4
+    if qend > n:
+        return None
+    arcount = wire[10] << 8 | wire[11]
+    if arcount == 0:
+        if qend != n:
+            return None
+        return wire[12:qname_end].lower() + wire[qname_end:qend], qname_end, qend, _MIN_UDP
+    if arcount != 1 or n < qend + 11:
+        return None
+    # OPT: root owner, type 41, class = payload, ttl = ext-rcode|version|flags, rdlen
+    if wire[qend] or wire[qend + 1] or wire[qend + 2] != 41 or wire[qend + 6]:
+        return None
+    if qend + 11 + (wire[qend + 9] << 8 | wire[qend + 10]) != n:
+        return None
+    payload = wire[qend + 3] << 8 | wire[qend + 4]
+    key = wire[12:qname_end].lower() + wire[qname_end:qend] + b"E"
+    return key, qname_end, qend, payload if payload > _MIN_UDP else _MIN_UDP
+
+
+def _split_body(body: bytes, qend: int) -> tuple[int, bytes, bytes]:
+    """A rendered reply as (flags byte without RD, bytes 3..12, bytes after the question)."""
+    return body[2] & 0xFE, body[3:12], body[qend:]
+
+
+def _header_reply(wire: bytes, rcode: int) -> bytes:
+    """A 12-byte reply echoing ID, opcode and RD, with ``rcode`` and zero counts."""
+    flags = 0x8000 | (wire[2] & 0x79) << 8 | (rcode & 0xF)
+    return wire[:2] + struct.pack("!HHHHH", flags, 0, 0, 0, 0)
+
+
+def _name_wire(name: dns.name.Name) -> bytes:
+    """The uncompressed wire form of an absolute name."""
+    wire = name.to_wire()
+    assert wire is not None
+    return wire
+
+
+def _peer_host(peer: Any) -> Any:
+    return peer[0] if isinstance(peer, tuple) else peer
+
+
+class _CacheEntry:
+    __slots__ = ("full", "full_len", "qname", "tc", "valid_until")
+
+    def __init__(
+        self,
+        qname: bytes,
+        full: tuple[int, bytes, bytes],
+        full_len: int,
+        tc: tuple[int, bytes, bytes],
+        valid_until: float,
+    ) -> None:
+        self.qname = qname
+        self.full = full
+        self.full_len = full_len
+        self.tc = tc
+        self.valid_until = valid_until
+
+
+@attrs.frozen
+class _Op:
+    kind: UpdateOp
+    owner: str
+    value: str | None  # None: delete every value
+    ttl: int = 0
+
+
+class _UpdateRefusal(Exception):
+    def __init__(self, rcode: dns.rcode.Rcode, reason: str) -> None:
+        super().__init__(reason)
+        self.rcode = rcode
+        self.reason = reason
+
+
+class DnsHandler:
+    """Authoritative answers and RFC 2136 UPDATE over a :class:`RecordStore`.
+
+    Args:
+        config: the :class:`DnsConfig`.
+        store: the record store; its change listener is registered here.
+        clock: time for store reads, expiry, rate limits and claim checks.
+            TSIG signing and checking use wall time inside dnspython.
+        tsig_keys: the TSIG keystore; ``None`` means no key verifies.
+        wall: wall-clock seconds for the ``other_data`` of a BADTIME reply
+            (dnspython itself checks TSIG time against ``time.time()``).
+    """
+
+    def __init__(
+        self,
+        config: DnsConfig,
+        store: RecordStore,
+        *,
+        clock: Clock,
+        tsig_keys: TsigKeyStore | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._wall_now = wall
+        self._store = store
+        self._clock = clock
+        self._tsig_keys = tsig_keys
+        self._zone = dns.name.from_text(config.served_zone + ".") if config.served_zone else None
+        self._zone_wire = _name_wire(self._zone).lower() if self._zone is not None else b""
+        self._buckets: dict[str, KeyedBuckets[Any]] = {
+            "udp": KeyedBuckets(config.dns_rate, config.dns_burst),
+            "tcp": KeyedBuckets(config.dns_rate, config.dns_burst),
+        }
+        self._claim_buckets: KeyedBuckets[str] = KeyedBuckets(config.claim_rate, config.claim_burst)
+        self._apex = self._build_apex()
+        # answer cache
+        self._cache: dict[bytes, _CacheEntry] = {}
+        self._by_qname: dict[bytes, set[bytes]] = {}
+        self._reading: dict[bytes, int] = {}
+        self._dirty: set[bytes] = set()
+        self._epoch = 0
+        # TSIG keyring, rebuilt when the keystore's generation moves
+        self._keyring_gen: int | None = None
+        self._keyring: dict[dns.name.Name, tuple[dns.tsig.Key, TsigKey]] = {}
+        self._registered_h12: frozenset[str] = frozenset()
+        self.counters: Counter[str] = Counter()
+        self.cache_hits = 0
+        add_listener = getattr(store, "add_listener", None)
+        if callable(add_listener):
+            add_listener(self.invalidate)
+
+    # -- apex ------------------------------------------------------------
+
+    def _build_apex(self) -> dict[int, dns.rrset.RRset]:
+        zone, cfg = self._zone, self.config
+        if zone is None:
+            return {}
+        ttl, IN = cfg.dns_ttl, dns.rdataclass.IN
+        apex: dict[int, dns.rrset.RRset] = {}
+        if cfg.apex_a:
+            apex[dns.rdatatype.A] = dns.rrset.from_text(zone, ttl, IN, "A", *cfg.apex_a)
+        if cfg.apex_aaaa:
+            apex[dns.rdatatype.AAAA] = dns.rrset.from_text(zone, ttl, IN, "AAAA", *cfg.apex_aaaa)
+        if cfg.apex_ns:
+            hosts = [h.rstrip(".") + "." for h in cfg.apex_ns]
+            apex[dns.rdatatype.NS] = dns.rrset.from_text(zone, ttl, IN, "NS", *hosts)
+        return apex
+
+    def _soa(self, now: float) -> dns.rrset.RRset | None:
+        cfg, zone = self.config, self._zone
+        if zone is None or not cfg.apex_ns or not cfg.apex_soa_rname:
+            return None
+        rdata = dns.rdtypes.ANY.SOA.SOA(  # type: ignore[no-untyped-call]
+            dns.rdataclass.IN,
+            dns.rdatatype.SOA,
+            dns.name.from_text(cfg.apex_ns[0].rstrip(".") + "."),
+            dns.name.from_text(cfg.apex_soa_rname.rstrip(".") + "."),
+            int(now) & 0xFFFFFFFF,
+            _SOA_REFRESH,
+            _SOA_RETRY,
+            _SOA_EXPIRE,
+            cfg.dns_ttl,
+        )
+        return dns.rrset.from_rdata(zone, cfg.dns_ttl, rdata)
+
+    # -- cache -----------------------------------------------------------
+
+    def invalidate(self, owner: str | None = None) -> None:
+        """Drop cached answers at ``owner`` (canonical text), or all of them for ``None``.
+
+        This is the store's change listener; it never raises.
+        """
+        if owner is None:
+            self._flush()
+            return
+        try:
+            qname = _name_wire(dns.name.from_text(owner.rstrip(".") + ".")).lower()
+        except (dns.exception.DNSException, ValueError):
+            self._flush()
+            return
+        keys = self._by_qname.pop(qname, None)
+        if keys:
+            for key in keys:
+                self._cache.pop(key, None)
+        if qname in self._reading:
+            self._dirty.add(qname)
+
+    def _flush(self) -> None:
+        self._cache.clear()
+        self._by_qname.clear()
+        self._epoch += 1
+
+    def _cache_put(self, key: bytes, entry: _CacheEntry) -> None:
+        cache = self._cache
+        if key not in cache and len(cache) >= self.config.answer_cache_size:
+            old_key = next(iter(cache))
+            old = cache.pop(old_key)
+            siblings = self._by_qname.get(old.qname)
+            if siblings is not None:
+                siblings.discard(old_key)
+                if not siblings:
+                    del self._by_qname[old.qname]
+        cache[key] = entry
+        self._by_qname.setdefault(entry.qname, set()).add(key)
+
+    @property
+    def cache_size(self) -> int:
+        """How many rendered answers are cached."""
+        return len(self._cache)
+
+    # -- fast path -------------------------------------------------------
+
+    def answer_cached(self, wire: bytes, peer: Any, transport: Transport = "udp") -> bytes | None:
+        """Answer from the cache, synchronously, when possible.
+
+        Args:
+            wire: the received message.
+            peer: the source address (``(host, port, ...)``).
+            transport: ``"udp"`` (truncates to the client's payload size) or ``"tcp"``.
+
+        Returns:
+            The reply; :data:`DROP` (empty) to send nothing; ``None`` when
+            :meth:`handle` must take over (cache miss, anything but a plain
+            query). Never raises on any input.
+        """
+        if len(wire) < 12 or wire[2] & 0x80:
+            return DROP
+        parsed = _parse_plain_query(wire)
+        if parsed is None:
+            return None
+        entry = self._cache.get(parsed[0])
+        if entry is None:
+            return None
+        now = self._clock.now()
+        if now >= entry.valid_until:
+            return None
+        buckets = self._buckets[transport]
+        if buckets.rate > 0 and not buckets.allow(_peer_host(peer), now):
+            self.counters["rate_limited"] += 1
+            return DROP
+        qend = parsed[2]
+        if transport == "udp" and entry.full_len > parsed[3]:
+            flags, mid, tail = entry.tc
+        else:
+            flags, mid, tail = entry.full
+        self.cache_hits += 1
+        return b"".join((wire[:2], _BYTE[flags | (wire[2] & 1)], mid, wire[12:qend], tail))
+
+    # -- slow path -------------------------------------------------------
+
+    async def handle(self, wire: bytes, peer: Any, transport: Transport = "udp") -> bytes | None:
+        """Answer any message: queries (filling the cache) and UPDATEs.
+
+        Args:
+            wire: the received message.
+            peer: the source address.
+            transport: ``"udp"`` or ``"tcp"``.
+
+        Returns:
+            The reply, or ``None`` to send nothing (short header, a response,
+            rate limited). Never raises: internal errors become SERVFAIL.
+        """
+        if len(wire) < 12 or wire[2] & 0x80:
+            self.counters["dropped"] += 1
+            return None
+        try:
+            now = self._clock.now()
+            buckets = self._buckets[transport]
+            if buckets.rate > 0 and not buckets.allow(_peer_host(peer), now):
+                self.counters["rate_limited"] += 1
+                return None
+            opcode = (wire[2] >> 3) & 0xF
+            if opcode == dns.opcode.UPDATE:
+                return await self._handle_update(wire, now)
+            if opcode != dns.opcode.QUERY:
+                self.counters["notimp"] += 1
+                return _header_reply(wire, dns.rcode.NOTIMP)
+            return await self._handle_query(wire, now, transport)
+        except Exception:
+            _log.exception("DNS handler failed on a %d-byte message from %r", len(wire), peer)
+            self.counters["servfail"] += 1
+            return _header_reply(wire, dns.rcode.SERVFAIL)
+
+    def _parse(self, wire: bytes) -> dns.message.Message | bytes | None:
+        """Parse with TSIG checks; on failure the reply bytes to send (or None to drop)."""
+        keyring = self._lookup_key if self._tsig_keys is not None else None
+        try:
+            return dns.message.from_wire(wire, keyring=keyring)
+        except dns.message.ShortHeader:
+            return None
+        except (dns.message.UnknownTSIGKey, dns.tsig.BadKey, dns.tsig.BadAlgorithm):
+            return self._tsig_error_reply(wire, dns.rcode.BADKEY)
+        except NotImplementedError:  # dnspython: TSIG algorithm not supported
+            return self._tsig_error_reply(wire, dns.rcode.BADKEY)
+        except dns.tsig.BadSignature:
+            return self._tsig_error_reply(wire, dns.rcode.BADSIG)
+        except dns.tsig.BadTime:
+            return self._tsig_error_reply(wire, dns.rcode.BADTIME)
+        except Exception:
+            self.counters["formerr"] += 1
+            return self._formerr(wire)
+
+    def _formerr(self, wire: bytes) -> bytes:
+        try:
+            query = dns.message.from_wire(wire, question_only=True)
+            resp = dns.message.make_response(query)
+            resp.set_rcode(dns.rcode.FORMERR)
+            return resp.to_wire(max_size=_MAX_WIRE)
+        except Exception:
+            return _header_reply(wire, dns.rcode.FORMERR)
+
+    async def _handle_query(self, wire: bytes, now: float, transport: Transport) -> bytes | None:
+        parsed = _parse_plain_query(wire)
+        if self._tsig_keys is not None and parsed is None:
+            await self._refresh_keyring(now)
+        query = self._parse(wire)
+        if not isinstance(query, dns.message.Message):
+            return query
+        if query.edns > 0:
+            resp = dns.message.make_response(query, our_payload=self.config.edns_payload, pad=0)
+            resp.set_rcode(dns.rcode.BADVERS)
+            return resp.to_wire(max_size=_MAX_WIRE)
+        if len(query.question) != 1:
+            self.counters["formerr"] += 1
+            resp = dns.message.make_response(query, our_payload=self.config.edns_payload, pad=0)
+            resp.question = []
+            resp.set_rcode(dns.rcode.FORMERR)
+            return resp.to_wire(max_size=_MAX_WIRE)
+        qname = query.question[0].name
+        qname_wire = _name_wire(qname).lower()
+        cacheable = parsed is not None and not query.had_tsig
+        if cacheable:
+            self._reading[qname_wire] = self._reading.get(qname_wire, 0) + 1
+        epoch = self._epoch
+        stale = False
+        try:
+            resp, valid_until = await self._answer(query, now)
+        finally:
+            if cacheable:
+                stale = epoch != self._epoch or qname_wire in self._dirty
+                left = self._reading[qname_wire] - 1
+                if left:
+                    self._reading[qname_wire] = left
+                else:
+                    del self._reading[qname_wire]
+                    self._dirty.discard(qname_wire)
+        self.counters[dns.rcode.to_text(resp.rcode()).lower()] += 1
+        full = resp.to_wire(max_size=_MAX_WIRE)  # raises TooBig → SERVFAIL
+        limit = max(_MIN_UDP, query.payload) if query.edns >= 0 else _MIN_UDP
+        tc: bytes | None = None
+        if len(full) > limit or cacheable:
+            tc = self._render_truncated(query, resp)
+        if parsed is not None and cacheable and not stale and valid_until is not None:
+            key, _, qend, _ = parsed
+            valid_until = min(valid_until, now + self.config.answer_cache_max_age_s)
+            assert tc is not None
+            self._cache_put(
+                key,
+                _CacheEntry(
+                    qname_wire,
+                    _split_body(full, qend),
+                    len(full),
+                    _split_body(tc, qend),
+                    valid_until,
+                ),
+            )
+        if transport == "udp" and len(full) > limit:
+            assert tc is not None
+            return tc
+        return full
+
+    def _render_truncated(self, query: dns.message.Message, resp: dns.message.Message) -> bytes:
+        tc = dns.message.make_response(query, our_payload=self.config.edns_payload, pad=0)
+        tc.flags = resp.flags | dns.flags.TC
+        tc.set_rcode(resp.rcode())
+        return tc.to_wire(max_size=_MAX_WIRE)
+
+    async def _answer(
+        self, query: dns.message.Message, now: float
+    ) -> tuple[dns.message.Message, float | None]:
+        """The response and until when it may be cached (None: not cacheable)."""
+        cfg = self.config
+        question = query.question[0]
+        qname, qtype = question.name, question.rdtype
+        resp = dns.message.make_response(query, our_payload=cfg.edns_payload, pad=0)
+        valid_until: float | None = now + cfg.answer_cache_max_age_s
+        if question.rdclass != dns.rdataclass.IN or qtype in (
+            dns.rdatatype.AXFR,
+            dns.rdatatype.IXFR,
+        ):
+            resp.set_rcode(dns.rcode.REFUSED)
+            return resp, valid_until
+        zone = self._zone
+        is_apex = zone is not None and qname == zone
+        in_zone = zone is None or qname.is_subdomain(zone)
+        owner = owner_text(qname)
+        if qtype == dns.rdatatype.TXT or not in_zone:
+            rows = await self._store.get(owner, now)
+        else:
+            rows = []
+        resp.flags |= dns.flags.AA
+        if qtype == dns.rdatatype.TXT and rows:
+            rrset = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.TXT)
+            for row in rows:
+                rrset.add(
+                    dns.rdtypes.ANY.TXT.TXT(
+                        dns.rdataclass.IN, dns.rdatatype.TXT, split_txt(row.value)
+                    ),
+                    cfg.dns_ttl,
+                )
+            resp.answer.append(rrset)
+            valid_until = min(now + cfg.answer_cache_max_age_s, *(row.expires_at for row in rows))
+            return resp, valid_until
+        if is_apex:
+            if qtype == dns.rdatatype.SOA:
+                soa = self._soa(now)
+                if soa is not None:
+                    resp.answer.append(soa)
+                    return resp, valid_until
+            elif qtype in self._apex:
+                resp.answer.append(self._apex[qtype])
+                return resp, valid_until
+        if not in_zone and not rows:
+            resp.flags &= ~dns.flags.AA
+            resp.set_rcode(dns.rcode.REFUSED)
+            return resp, valid_until
+        if qtype == dns.rdatatype.TXT and not is_apex:
+            resp.set_rcode(dns.rcode.NXDOMAIN)
+        if in_zone:
+            soa = self._soa(now)
+            if soa is not None:
+                resp.authority.append(soa)
+        return resp, valid_until
+
+    # -- TSIG ------------------------------------------------------------
+
+    async def _refresh_keyring(self, now: float) -> None:
+        keystore = self._tsig_keys
+        if keystore is None:
+            return
+        generation = keystore.generation
+        if generation == self._keyring_gen:
+            return
+        keys = await keystore.active(now)
+        keyring: dict[dns.name.Name, tuple[dns.tsig.Key, TsigKey]] = {}
+        registered: set[str] = set()
+        for key in keys:
+            try:
+                name = dns.name.from_text(key.keyname)
+                keyring[name] = (dns.tsig.Key(name, key.secret, key.algorithm), key)
+            except (dns.exception.DNSException, ValueError):
+                _log.warning("TSIG key %r has an unusable name or algorithm", key.keyname)
+                continue
+            for suffix in key.allowed_suffixes:
+                match = _MB_SCOPE_RE.fullmatch(suffix)
+                if match is not None:
+                    registered.add(match.group(1))
+        self._keyring = keyring
+        self._registered_h12 = frozenset(registered)
+        self._keyring_gen = generation
+
+    def _lookup_key(self, message: dns.message.Message, keyname: dns.name.Name) -> Any:
+        found = self._keyring.get(keyname)
+        if found is None:
+            return None
+        tsig_key, meta = found
+        if meta.revoked or meta.expires_at <= self._clock.now():
+            return None
+        return tsig_key
+
+    def _tsig_error_reply(self, wire: bytes, error: int) -> bytes:
+        """NOTAUTH with a TSIG RR carrying ``error`` (RFC 8945 §5.3.2)."""
+        self.counters["notauth"] += 1
+        try:
+            query = dns.message.from_wire(wire, keyring=False)
+        except Exception:
+            return _header_reply(wire, dns.rcode.NOTAUTH)
+        if query.tsig is None:
+            return _header_reply(wire, dns.rcode.NOTAUTH)
+        resp = dns.message.make_response(query, our_payload=self.config.edns_payload, pad=0)
+        resp.set_rcode(dns.rcode.NOTAUTH)
+        trd = query.tsig[0]
+        keyname = query.tsig.name
+        if error == dns.rcode.BADTIME:
+            found = self._keyring.get(keyname)
+            if found is not None:
+                # The MAC verified (dnspython checks time last), so sign with the key.
+                now = int(self._wall_now())
+                resp.use_tsig(
+                    found[0],
+                    keyname,
+                    fudge=trd.fudge,
+                    original_id=query.id,
+                    tsig_error=error,
+                    other_data=struct.pack("!Q", now)[2:],
+                    algorithm=trd.algorithm,
+                )
+                resp.request_mac = trd.mac
+                return resp.to_wire(max_size=_MAX_WIRE)
+        body = bytearray(resp.to_wire(max_size=_MAX_WIRE))
+        rdata = dns.rdtypes.ANY.TSIG.TSIG(  # type: ignore[no-untyped-call]
+            dns.rdataclass.ANY,
+            dns.rdatatype.TSIG,
+            trd.algorithm,
+            trd.time_signed,
+            trd.fudge,
+            b"",
+            query.id,
+            error,
+            b"",
+        )
+        rdata_wire = rdata.to_wire()
+        assert rdata_wire is not None
+        body += _name_wire(keyname)
+        body += struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata_wire))
+        body += rdata_wire
+        arcount = struct.unpack_from("!H", body, 10)[0] + 1
+        struct.pack_into("!H", body, 10, arcount)
+        return bytes(body)
+
+    # -- UPDATE ----------------------------------------------------------
+
+    async def _handle_update(self, wire: bytes, now: float) -> bytes | None:
+        cfg = self.config
+        if not cfg.dns_update_enabled or self._zone is None:
+            try:
+                query = dns.message.from_wire(wire, keyring=False)
+            except dns.message.ShortHeader:
+                return None
+            except Exception:
+                self.counters["formerr"] += 1
+                return self._formerr(wire)
+            resp = dns.message.make_response(query)
+            resp.set_rcode(dns.rcode.REFUSED)
+            self.counters["update_refused"] += 1
+            return resp.to_wire(max_size=_MAX_WIRE)
+        await self._refresh_keyring(now)
+        parsed = self._parse(wire)
+        if not isinstance(parsed, dns.message.Message):
+            return parsed
+        query = parsed
+        resp = dns.message.make_response(query, our_payload=cfg.edns_payload, pad=0)
+        try:
+            await self._apply_update(query, now)
+        except _UpdateRefusal as refusal:
+            _log.info("UPDATE %s: %s", dns.rcode.to_text(refusal.rcode), refusal.reason)
+            self.counters["update_" + dns.rcode.to_text(refusal.rcode).lower()] += 1
+            resp.set_rcode(refusal.rcode)
+        except StoreError:
+            _log.exception("UPDATE: store write failed")
+            self.counters["update_servfail"] += 1
+            resp.set_rcode(dns.rcode.SERVFAIL)
+        else:
+            self.counters["update_ok"] += 1
+        return resp.to_wire(max_size=_MAX_WIRE)
+
+    def _collect_ops(self, query: dns.message.Message) -> list[_Op]:
+        zone = self._zone
+        assert zone is not None
+        if not isinstance(query, dns.update.UpdateMessage):
+            raise _UpdateRefusal(dns.rcode.FORMERR, "not an UPDATE message")
+        if len(query.zone) != 1 or query.zone[0].rdtype != dns.rdatatype.SOA:
+            raise _UpdateRefusal(dns.rcode.FORMERR, "zone section must hold one SOA RR")
+        zrr = query.zone[0]
+        if zrr.name != zone or zrr.rdclass != dns.rdataclass.IN:
+            raise _UpdateRefusal(dns.rcode.NOTAUTH, f"zone {zrr.name} is not served here")
+        ops: list[_Op] = []
+        for rrset in query.update:
+            if not rrset.name.is_subdomain(zone):
+                raise _UpdateRefusal(dns.rcode.NOTZONE, f"{rrset.name} is outside {zone}")
+            deleting = rrset.deleting
+            if deleting not in (None, dns.rdataclass.NONE, dns.rdataclass.ANY):
+                raise _UpdateRefusal(dns.rcode.FORMERR, f"update RR class {deleting} is invalid")
+            owner = owner_text(rrset.name)
+            if deleting == dns.rdataclass.ANY and rrset.rdtype in (
+                dns.rdatatype.TXT,
+                dns.rdatatype.ANY,
+            ):
+                ops.append(_Op(UpdateOp.DELETE, owner, None))
+                continue
+            if rrset.rdtype != dns.rdatatype.TXT:
+                continue  # non-TXT RRs are skipped, as the reference does
+            for rdata in rrset:
+                try:
+                    value = b"".join(rdata.strings).decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _UpdateRefusal(
+                        dns.rcode.FORMERR, f"TXT value at {owner} is not UTF-8"
+                    ) from exc
+                if deleting is None:
+                    ops.append(_Op(UpdateOp.ADD, owner, value, rrset.ttl))
+                else:
+                    ops.append(_Op(UpdateOp.DELETE, owner, value))
+        return ops
+
+    def _check_caps(self, ops: Iterable[_Op]) -> None:
+        cfg = self.config
+        for op in ops:
+            if op.kind is not UpdateOp.ADD or op.value is None:
+                continue
+            size = len(op.value.encode("utf-8"))
+            if size > cfg.max_value_bytes:
+                raise _UpdateRefusal(
+                    dns.rcode.REFUSED,
+                    f"value at {op.owner} is {size} bytes (max {cfg.max_value_bytes})",
+                )
+            if not 1 <= op.ttl <= cfg.max_ttl:
+                raise _UpdateRefusal(
+                    dns.rcode.REFUSED, f"TTL {op.ttl} at {op.owner} is outside 1..{cfg.max_ttl}"
+                )
+
+    async def _check_cardinality(self, ops: list[_Op], now: float) -> None:
+        """Refuse when the update would grow an owner past ``max_values_per_name``."""
+        cap = self.config.max_values_per_name
+        owners = {op.owner for op in ops if op.kind is UpdateOp.ADD}
+        for owner in owners:
+            values = {row.value for row in await self._store.get(owner, now)}
+            before = len(values)
+            for op in ops:
+                if op.owner != owner:
+                    continue
+                if op.kind is UpdateOp.ADD:
+                    values.add(op.value or "")
+                elif op.value is None:
+                    values.clear()
+                else:
+                    values.discard(op.value)
+            if len(values) > cap and len(values) > before:
+                raise _UpdateRefusal(
+                    dns.rcode.REFUSED, f"{owner} would hold {len(values)} values (max {cap})"
+                )
+
+    async def _apply_update(self, query: dns.message.Message, now: float) -> None:
+        cfg = self.config
+        zone = self._zone
+        assert zone is not None
+        ops = self._collect_ops(query)
+        claim_keys: list[str] = []
+        if query.had_tsig:
+            found = self._keyring.get(query.keyname) if query.keyname is not None else None
+            if found is None:  # the key vanished between parse and here
+                raise _UpdateRefusal(dns.rcode.NOTAUTH, "TSIG key is no longer active")
+            scopes = found[1].allowed_suffixes
+            for op in ops:
+                decision = authorize(scopes, op.kind, op.owner)
+                if isinstance(decision, Refused):
+                    raise _UpdateRefusal(decision.rcode, decision.reason)
+        else:
+            if not (cfg.claim_provider or cfg.receiver_claim_notifications):
+                raise _UpdateRefusal(dns.rcode.REFUSED, "un-TSIG'd UPDATE is disabled")
+            if not ops:
+                raise _UpdateRefusal(dns.rcode.REFUSED, "empty un-TSIG'd UPDATE")
+            clamped: list[_Op] = []
+            for op in ops:
+                hash12 = untsigd_claim_hash12(op.owner, zone)
+                if op.kind is not UpdateOp.ADD or hash12 is None or op.value is None:
+                    raise _UpdateRefusal(
+                        dns.rcode.REFUSED, f"un-TSIG'd {op.kind.value} at {op.owner} is not a claim"
+                    )
+                try:
+                    claim = verify_claim(op.value, now=int(now))
+                except DmpError as exc:
+                    raise _UpdateRefusal(
+                        dns.rcode.REFUSED, f"claim at {op.owner}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                if claim.exp - now > cfg.claim_max_ttl:
+                    raise _UpdateRefusal(
+                        dns.rcode.REFUSED, f"claim at {op.owner} expires beyond claim_max_ttl"
+                    )
+                if not cfg.claim_provider and hash12 not in self._registered_h12:
+                    raise _UpdateRefusal(
+                        dns.rcode.REFUSED, f"mailbox {hash12} is not registered here"
+                    )
+                claim_keys.append(hash12)
+                ttl = min(op.ttl, cfg.claim_max_ttl, cfg.max_ttl)
+                clamped.append(attrs.evolve(op, ttl=ttl))
+            ops = clamped
+        self._check_caps(ops)
+        if len(ops) > 1:
+            await self._check_cardinality(ops, now)
+        for hash12 in claim_keys:
+            if not self._claim_buckets.allow(hash12, now):
+                raise _UpdateRefusal(dns.rcode.SERVFAIL, f"claim rate limit for mailbox {hash12}")
+        for op in ops:
+            try:
+                if op.kind is UpdateOp.ADD:
+                    assert op.value is not None
+                    await self._store.put(
+                        op.owner, op.value, op.ttl, now, max_values=cfg.max_values_per_name
+                    )
+                else:
+                    await self._store.delete(op.owner, op.value)
+            except StoreFull as exc:
+                raise _UpdateRefusal(dns.rcode.REFUSED, f"{op.owner}: {exc}") from exc
+            finally:
+                self.invalidate(op.owner)
