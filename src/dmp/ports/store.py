@@ -12,17 +12,32 @@ identical value refreshes its TTL, expiry and ``stored_ts_ms``.
 ``value_hash = sha256(utf8(value)).hex`` (lowercase). ``stored_ts_ms`` is the
 local acceptance time in milliseconds.
 
-Durability: when ``put``/``delete`` returns, the change is committed
-(an acknowledged write is durable).
+Durability: when ``put``/``delete``/``sweep_expired`` returns, the change is
+committed (an acknowledged write is durable). A write that has been submitted
+runs to completion even if the caller is cancelled; the cancellation is
+delivered once it has been committed (or has failed).
+
+Expiry: a row is live while ``expires_at > now``; ``get``, ``digest`` and
+``count_values`` never return expired rows, and ``sweep_expired(now)`` removes
+exactly the rows with ``expires_at <= now``.
+
+Change notification: ``add_listener(callback)`` registers a synchronous
+``callback(owner)`` that the store calls on the event-loop thread, after the
+change is committed and before the writing call returns: once per put, once
+per delete that removed rows, and at least once for every owner a sweep
+removed rows from. The DNS answer cache uses it to drop rendered answers. Callbacks must be cheap and
+must not raise; an exception from one is logged and does not fail the write.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import attrs
 
 __all__ = [
+    "OwnerListener",
     "RecordStore",
     "StoreError",
     "StoreFull",
@@ -43,6 +58,10 @@ class StoreUnavailable(StoreError):
 
 class StoreFull(StoreError):
     """A per-owner or global record cap would be exceeded."""
+
+
+OwnerListener = Callable[[str], None]
+"""A change callback: receives the owner whose values changed."""
 
 
 @attrs.frozen
@@ -74,20 +93,44 @@ class StoredRecord:
 class RecordStore(Protocol):
     """Signed TXT records with append semantics."""
 
-    async def put(self, owner: str, value: str, ttl: int, now: float) -> None:
+    async def put(
+        self, owner: str, value: str, ttl: int, now: float, *, max_values: int | None = None
+    ) -> None:
         """Add ``value`` at ``owner`` or refresh it; durable on return.
 
+        A new row gets ``stored_ts_ms = int(now * 1000)``,
+        ``expires_at = now + ttl`` and ``value_hash = sha256(utf8(value)).hex``;
+        republishing an existing ``(owner, value)`` overwrites ``ttl``,
+        ``expires_at`` and ``stored_ts_ms`` the same way (wire.md §9).
+
+        Args:
+            owner: canonical owner text.
+            value: the full TXT value.
+            ttl: seconds; caps are the caller's job.
+            now: POSIX seconds of acceptance.
+            max_values: when given, refuse to add a *new* value if ``owner``
+                already holds this many live values (checked atomically with
+                the write; refreshing an existing live value is always allowed).
+
         Raises:
+            StoreFull: ``max_values`` would be exceeded; nothing was written.
             StoreUnavailable: the store is closed or failing.
         """
         ...
 
     async def delete(self, owner: str, value: str | None = None) -> int:
-        """Delete one value (or every value when ``value`` is None); returns rows removed."""
+        """Delete one value (or every value when ``value`` is None); returns rows removed.
+
+        Expired rows not yet swept count as rows too.
+        """
         ...
 
     async def get(self, owner: str, now: float) -> list[StoredRecord]:
-        """Unexpired values at ``owner``, oldest ``stored_ts_ms`` first."""
+        """Unexpired values at ``owner``, ordered by ``(stored_ts_ms, value_hash)``."""
+        ...
+
+    async def count_values(self, owner: str, now: float) -> int:
+        """How many unexpired values ``owner`` holds (an indexed count, no rows fetched)."""
         ...
 
     async def digest(
@@ -105,8 +148,16 @@ class RecordStore(Protocol):
         """Total rows (expired rows not yet swept included)."""
         ...
 
+    def add_listener(self, callback: OwnerListener) -> None:
+        """Call ``callback(owner)`` after every committed change (see the module docstring)."""
+        ...
+
+    def remove_listener(self, callback: OwnerListener) -> None:
+        """Stop calling ``callback``; unknown callbacks are ignored."""
+        ...
+
     async def aclose(self) -> None:
-        """Flush and close; later calls raise :class:`StoreUnavailable`."""
+        """Finish queued writes and close; later calls raise :class:`StoreUnavailable`."""
         ...
 
 
@@ -138,11 +189,21 @@ class TsigKey:
 
 @runtime_checkable
 class TsigKeyStore(Protocol):
-    """Persistent TSIG keys, with a change counter for keyring caching."""
+    """Persistent TSIG keys, with a change counter for keyring caching.
+
+    Key names are compared as exact text; callers store them lowercase with a
+    trailing dot. Lists are ordered by ``keyname``.
+    """
 
     @property
     def generation(self) -> int:
-        """Increments on every change; a cached keyring is stale when it differs."""
+        """Change counter of this store object, starting at 0 when opened.
+
+        Increments when a ``put`` or a ``revoke`` that returns True commits,
+        before that call returns. A keyring cached with another generation is
+        stale. Read the generation *before* loading the keys it labels, so a
+        change racing the load can only cause one extra rebuild.
+        """
         ...
 
     async def put(self, key: TsigKey) -> None:
@@ -166,5 +227,9 @@ class TsigKeyStore(Protocol):
         ...
 
     async def active(self, now: float) -> list[TsigKey]:
-        """Keys neither revoked nor expired at ``now``."""
+        """Keys neither revoked nor expired (``expires_at > now``) at ``now``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish queued writes and close; later calls raise :class:`StoreUnavailable`."""
         ...
