@@ -1,0 +1,817 @@
+"""sqlite stores (layer: adapters): records and TSIG keys on disk, with group commit.
+
+:class:`SqliteRecordStore` implements :class:`dmp.ports.store.RecordStore`
+(table ``records``) and :class:`SqliteTsigKeyStore` implements
+:class:`dmp.ports.store.TsigKeyStore` (table ``tsig_keys``). Both tables may
+live in one file (``DMP_DB_PATH``) or in two (``DMP_TSIG_DB_PATH``), as the
+node chooses; each store object opens its own connections.
+
+Threads. sqlite calls block, and the node runs on one event loop (anyio on
+asyncio/uvloop), so no sqlite call ever runs on the loop thread: every
+statement runs in an ``anyio.to_thread`` worker. Each store has exactly one
+writer connection and a small pool of read-only connections; WAL lets the
+readers run beside the writer and see the last committed state.
+
+Group commit. Writes queue up in FIFO order. When no commit is in flight the
+first queued caller becomes the *leader*: it takes the whole queue and runs it
+in the worker thread as ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``,
+one ``SAVEPOINT`` per write so a refused write, e.g. ``StoreFull``, rolls back
+alone). Writes that arrive while that commit is in flight wait; when it ends,
+the leader wakes its batch and hands leadership to the oldest waiter, which
+commits everything queued so far together. So under load there is one
+commit, and one fsync, per batch instead of per write, and every caller's
+``await`` returns only after the commit that contains its write. Change
+listeners run on the loop thread right after that commit. A submitted write
+is shielded from cancellation until its commit finishes (the cancellation is
+delivered afterwards), so a batch is never abandoned half-way and leadership
+is never lost.
+
+Durability. ``journal_mode=WAL`` is always on. The default is
+``synchronous=FULL``: each commit appends to the WAL *and fsyncs it* before
+``COMMIT`` returns, so an acknowledged write survives SIGKILL of the process,
+an OS crash and power loss. ``synchronous="NORMAL"`` is accepted too: the WAL
+is then only fsynced at checkpoints, and a commit is durable once its frames
+are in the WAL file in the OS page cache. That survives SIGKILL (the kernel
+still owns the pages and replays them on the next open), but an OS crash or
+power loss can roll back the last transactions (never corrupting the file).
+FULL is the default because the port promises "durable on return" without
+qualification and because group commit amortises the fsync over every write
+queued behind it; the measured cost is in ``bench/store.py``. The crash test
+in ``tests/integration/test_store_conformance.py`` SIGKILLs a writer in both
+modes and checks every acknowledged put.
+
+Schema. ``records`` is unique on ``(owner, value_hash)`` (equivalent to the
+spec's ``(owner, value)`` key under SHA-256 collision resistance, with a
+64-byte index key instead of up to 2 KiB), with an index on
+``(stored_ts_ms, owner, value_hash)`` that serves the anti-entropy digest
+(wire.md §9) and one on ``expires_at`` for the sweep. Needs sqlite ≥ 3.35
+(row values, ``RETURNING``, ``ON CONFLICT DO UPDATE``).
+
+Errors. ``sqlite3.Error`` becomes :class:`dmp.ports.store.StoreUnavailable`
+(chained); a failed ``COMMIT`` fails every write of that batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Generic, Literal, Self, TypeVar, cast
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from dmp.ports.store import (
+    OwnerListener,
+    StoredRecord,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
+    TsigKey,
+)
+
+__all__ = ["SqliteRecordStore", "SqliteTsigKeyStore", "Synchronous"]
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Synchronous = Literal["FULL", "NORMAL"]
+"""Accepted ``PRAGMA synchronous`` levels (both with WAL; see the module docstring)."""
+
+_MIN_SQLITE = (3, 35, 0)
+_SWEEP_CHUNK = 2000
+
+_RECORDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    owner        TEXT    NOT NULL,
+    value        TEXT    NOT NULL,
+    ttl          INTEGER NOT NULL,
+    stored_ts_ms INTEGER NOT NULL,
+    expires_at   REAL    NOT NULL,
+    value_hash   TEXT    NOT NULL,
+    UNIQUE (owner, value_hash)
+);
+CREATE INDEX IF NOT EXISTS records_digest ON records (stored_ts_ms, owner, value_hash);
+CREATE INDEX IF NOT EXISTS records_expires ON records (expires_at);
+"""
+
+_TSIG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tsig_keys (
+    keyname          TEXT    NOT NULL PRIMARY KEY,
+    secret           BLOB    NOT NULL,
+    algorithm        TEXT    NOT NULL,
+    allowed_suffixes TEXT    NOT NULL,
+    subject          TEXT    NOT NULL,
+    ed25519_public   TEXT    NOT NULL,
+    created_at       INTEGER NOT NULL,
+    expires_at       INTEGER NOT NULL,
+    revoked          INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tsig_keys_subject ON tsig_keys (subject);
+"""
+
+
+@contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """Turn ``sqlite3.Error`` into :class:`StoreUnavailable`, chained."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"sqlite {what} failed: {exc}") from exc
+
+
+def _value_hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+_WriteOp = Callable[[sqlite3.Connection], tuple[T, Sequence[str]]]
+"""A write: runs inside the batch transaction, returns (result, changed owners)."""
+
+
+class _Job(Generic[T]):
+    """One queued write and its outcome."""
+
+    __slots__ = ("changed", "done", "error", "op", "result", "wake")
+
+    def __init__(self, op: _WriteOp[T]) -> None:
+        self.op = op
+        self.wake = anyio.Event()
+        self.done = False
+        self.result: T | None = None
+        self.changed: Sequence[str] = ()
+        self.error: BaseException | None = None
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        """Run the op inside its own savepoint (worker thread)."""
+        conn.execute("SAVEPOINT job")
+        try:
+            self.result, self.changed = self.op(conn)
+        except StoreError as exc:
+            self.error = exc
+        except sqlite3.Error as exc:
+            self.error = StoreUnavailable(f"sqlite write failed: {exc}")
+            self.error.__cause__ = exc
+        except Exception as exc:  # a bug in an op: hand it to its caller unchanged
+            self.error = exc
+        if self.error is not None:
+            conn.execute("ROLLBACK TO job")
+        conn.execute("RELEASE job")
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.result)  # run() set it: no error was recorded
+
+
+class _Engine:
+    """One sqlite file: a writer connection with group commit and a pool of readers.
+
+    Args:
+        path: database file (created if missing). ``:memory:`` is refused:
+            the readers would each see a different empty database.
+        schema: DDL run once on the writer connection.
+        on_commit: called on the loop thread with each committed job's changed
+            owners, in commit order.
+        synchronous: ``PRAGMA synchronous`` for the writer.
+        readers: read connections (concurrent reads).
+        busy_timeout_s: how long to wait for another connection's lock.
+
+    Raises:
+        StoreUnavailable: the file cannot be opened, WAL cannot be enabled or
+            sqlite is too old.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        schema: str,
+        on_commit: Callable[[Sequence[str]], None],
+        *,
+        synchronous: Synchronous,
+        readers: int,
+        busy_timeout_s: float,
+    ) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StoreUnavailable(f"sqlite {sqlite3.sqlite_version} is older than 3.35")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        if readers < 1:
+            raise ValueError("need at least one read connection")
+        self._path = os.fspath(path)
+        if self._path in ("", ":memory:") or self._path.startswith("file::memory:"):
+            raise ValueError("sqlite stores need a file path")
+        self._timeout = busy_timeout_s
+        self._on_commit = on_commit
+        self._queue: list[_Job[Any]] = []
+        self._committing = False
+        self._closing = False
+        self._closed = anyio.Event()
+        self.transactions = 0
+        self.writes = 0
+        self._readers: list[sqlite3.Connection] = []
+        with _translate("open"):
+            self._writer = self._connect()
+            try:
+                (mode,) = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()
+                if str(mode).lower() != "wal":
+                    raise StoreUnavailable(f"{self._path}: WAL refused (journal_mode={mode})")
+                self._writer.execute(f"PRAGMA synchronous={synchronous}")
+                self._writer.executescript(schema)
+                for _ in range(readers):
+                    reader = self._connect()
+                    reader.execute("PRAGMA query_only=ON")
+                    self._readers.append(reader)
+            except BaseException:
+                self._close_connections()
+                raise
+        self._free = list(self._readers)
+        self._read_slots = anyio.Semaphore(readers)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+
+    def _close_connections(self) -> None:
+        for conn in [*self._readers, getattr(self, "_writer", None)]:
+            if conn is not None:
+                conn.close()
+
+    # -- pragmas, for tests and operators --------------------------------------------
+
+    def pragma(self, name: str) -> object:
+        """Read ``PRAGMA name`` on the writer connection (synchronously; setup/tests only)."""
+        with _translate("pragma"):
+            row = self._writer.execute(f"PRAGMA {name}").fetchone()
+        return None if row is None else row[0]
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def write(self, op: _WriteOp[T]) -> T:
+        """Queue ``op`` for the next group commit and return its result once committed.
+
+        Raises:
+            StoreUnavailable: closed, or the batch failed to commit.
+            StoreError: whatever ``op`` raised (nothing of it was written).
+        """
+        if self._closing:
+            raise StoreUnavailable(f"{self._path}: store is closed")
+        return await self._submit(op)
+
+    async def _submit(self, op: _WriteOp[T]) -> T:
+        job: _Job[T] = _Job(op)
+        self._queue.append(job)
+        with anyio.CancelScope(shield=True):
+            if self._committing:
+                await job.wake.wait()  # woken when done, or to lead the next batch
+            if not job.done:
+                await self._lead()
+        return job.outcome()
+
+    async def _lead(self) -> None:
+        self._committing = True
+        # One scheduler turn before taking the queue: tasks that were just woken
+        # by the previous commit (and are about to write again) join this batch
+        # instead of trailing one commit behind a batch of one.
+        await anyio.lowlevel.checkpoint()
+        batch, self._queue = self._queue, []
+        try:
+            await anyio.to_thread.run_sync(self._commit, batch)
+        except Exception as exc:  # the thread hand-off itself failed
+            for job in batch:
+                if not job.done and job.error is None:
+                    job.error = StoreUnavailable(f"sqlite commit failed: {exc}")
+                    job.error.__cause__ = exc
+        finally:
+            for job in batch:
+                job.done = True
+                if job.error is None and job.changed:
+                    self._on_commit(job.changed)
+            for job in batch:
+                job.wake.set()
+            if self._queue:
+                self._queue[0].wake.set()  # the oldest waiter leads the next batch
+            else:
+                self._committing = False
+
+    def _commit(self, batch: list[_Job[Any]]) -> None:
+        """Run ``batch`` as one transaction (worker thread)."""
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                job.run(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    _log.exception("sqlite rollback failed on %s", self._path)
+            for job in batch:
+                if job.error is None:  # a write refused on its own keeps its reason
+                    job.error = StoreUnavailable(f"sqlite commit failed: {exc}")
+                    job.error.__cause__ = exc
+            return
+        self.transactions += 1
+        self.writes += len(batch)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on a free read connection in a worker thread.
+
+        Raises:
+            StoreUnavailable: closed, or sqlite failed.
+        """
+        if self._closing:
+            raise StoreUnavailable(f"{self._path}: store is closed")
+        async with self._read_slots:
+            conn = self._free.pop()
+            try:
+                return await anyio.to_thread.run_sync(self._run_read, fn, conn)
+            finally:
+                self._free.append(conn)
+
+    @staticmethod
+    def _run_read(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+        with _translate("read"):
+            return fn(conn)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Commit what is queued, wait for reads in flight, close every connection."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            # FIFO: once this empty job commits, every earlier write has too.
+            await self._submit(_noop)
+            with anyio.CancelScope(shield=True):
+                for _ in self._readers:
+                    await self._read_slots.acquire()
+                await anyio.to_thread.run_sync(self._close_connections)
+        finally:
+            self._closed.set()
+
+
+def _noop(conn: sqlite3.Connection) -> tuple[None, Sequence[str]]:
+    return None, ()
+
+
+def _notify(listeners: list[OwnerListener], owners: Sequence[str]) -> None:
+    for owner in owners:
+        for callback in tuple(listeners):
+            try:
+                callback(owner)
+            except Exception:
+                _log.exception("store change listener %r failed for owner %s", callback, owner)
+
+
+# ------------------------------------------------------------------------------------
+# records
+# ------------------------------------------------------------------------------------
+
+_RECORD_COLUMNS = "owner, value, ttl, stored_ts_ms, expires_at, value_hash"
+
+_Row = tuple[str, str, int, int, float, str]
+
+
+def _record(row: _Row) -> StoredRecord:
+    owner, value, ttl, stored_ts_ms, expires_at, value_hash = row
+    return StoredRecord(
+        owner=owner,
+        value=value,
+        ttl=ttl,
+        stored_ts_ms=stored_ts_ms,
+        expires_at=expires_at,
+        value_hash=value_hash,
+    )
+
+
+class SqliteRecordStore:
+    """Signed TXT records in sqlite, implementing :class:`dmp.ports.store.RecordStore`.
+
+    Opening runs blocking file I/O; from async code prefer ``await
+    SqliteRecordStore.open(path)``. Close with :meth:`aclose` (or ``async with``).
+
+    Args:
+        path: database file (``DMP_DB_PATH``); created if missing.
+        synchronous: ``"FULL"`` (default, survives power loss) or ``"NORMAL"``
+            (survives process crashes only); see the module docstring.
+        readers: read connections, i.e. reads that can run at once.
+        busy_timeout_s: wait for locks held by other connections to the file.
+
+    Raises:
+        StoreUnavailable: the database cannot be opened in WAL mode.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "FULL",
+        readers: int = 4,
+        busy_timeout_s: float = 5.0,
+    ) -> None:
+        self._listeners: list[OwnerListener] = []
+        self._engine = _Engine(
+            path,
+            _RECORDS_SCHEMA,
+            functools.partial(_notify, self._listeners),
+            synchronous=synchronous,
+            readers=readers,
+            busy_timeout_s=busy_timeout_s,
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "FULL",
+        readers: int = 4,
+        busy_timeout_s: float = 5.0,
+    ) -> Self:
+        """Open in a worker thread (same arguments as the constructor)."""
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                cls, path, synchronous=synchronous, readers=readers, busy_timeout_s=busy_timeout_s
+            )
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed so far (group commit: at most the writes)."""
+        return self._engine.transactions
+
+    @property
+    def writes(self) -> int:
+        """Write calls committed so far (including refused ones, which commit nothing)."""
+        return self._engine.writes
+
+    def pragma(self, name: str) -> object:
+        """The writer connection's ``PRAGMA name`` (blocking; for tests and diagnostics)."""
+        return self._engine.pragma(name)
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def put(
+        self, owner: str, value: str, ttl: int, now: float, *, max_values: int | None = None
+    ) -> None:
+        """Add or refresh ``value`` at ``owner``; durable on return (see the port).
+
+        Raises:
+            StoreFull: ``max_values`` would be exceeded; nothing was written.
+            StoreUnavailable: closed or sqlite failed.
+        """
+        digest = _value_hash(value)
+        stored_ts_ms = int(now * 1000)
+        expires_at = now + ttl
+
+        def op(conn: sqlite3.Connection) -> tuple[None, Sequence[str]]:
+            if max_values is not None:
+                live = conn.execute(
+                    "SELECT 1 FROM records WHERE owner = ? AND value_hash = ? AND expires_at > ?",
+                    (owner, digest, now),
+                ).fetchone()
+                if live is None:
+                    (held,) = conn.execute(
+                        "SELECT count(*) FROM records WHERE owner = ? AND expires_at > ?",
+                        (owner, now),
+                    ).fetchone()
+                    if held >= max_values:
+                        raise StoreFull(f"{owner} already holds {held} values (cap {max_values})")
+            conn.execute(
+                f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (owner, value_hash) DO UPDATE SET ttl = excluded.ttl, "
+                "stored_ts_ms = excluded.stored_ts_ms, expires_at = excluded.expires_at",
+                (owner, value, ttl, stored_ts_ms, expires_at, digest),
+            )
+            return None, (owner,)
+
+        await self._engine.write(op)
+
+    async def delete(self, owner: str, value: str | None = None) -> int:
+        """Delete one value or the whole RRset; returns rows removed.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+
+        def op(conn: sqlite3.Connection) -> tuple[int, Sequence[str]]:
+            if value is None:
+                cur = conn.execute("DELETE FROM records WHERE owner = ?", (owner,))
+            else:
+                cur = conn.execute(
+                    "DELETE FROM records WHERE owner = ? AND value_hash = ? AND value = ?",
+                    (owner, _value_hash(value), value),
+                )
+            return cur.rowcount, (owner,) if cur.rowcount else ()
+
+        return await self._engine.write(op)
+
+    async def sweep_expired(self, now: float) -> int:
+        """Delete rows with ``expires_at <= now`` in chunks of 2000 rows per commit.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+
+        def op(conn: sqlite3.Connection) -> tuple[int, Sequence[str]]:
+            owners = [
+                owner
+                for (owner,) in conn.execute(
+                    "DELETE FROM records WHERE rowid IN (SELECT rowid FROM records "
+                    "WHERE expires_at <= ? LIMIT ?) RETURNING owner",
+                    (now, _SWEEP_CHUNK),
+                )
+            ]
+            return len(owners), tuple(dict.fromkeys(owners))
+
+        total = 0
+        while True:
+            removed = await self._engine.write(op)
+            total += removed
+            if removed < _SWEEP_CHUNK:
+                return total
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get(self, owner: str, now: float) -> list[StoredRecord]:
+        """Unexpired values at ``owner``, ordered by ``(stored_ts_ms, value_hash)``.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+
+        def fn(conn: sqlite3.Connection) -> list[StoredRecord]:
+            rows: list[_Row] = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE owner = ? AND expires_at > ? "
+                "ORDER BY stored_ts_ms, value_hash",
+                (owner, now),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return await self._engine.read(fn)
+
+    async def count_values(self, owner: str, now: float) -> int:
+        """How many unexpired values ``owner`` holds.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+
+        def fn(conn: sqlite3.Connection) -> int:
+            (held,) = conn.execute(
+                "SELECT count(*) FROM records WHERE owner = ? AND expires_at > ?", (owner, now)
+            ).fetchone()
+            return int(held)
+
+        return await self._engine.read(fn)
+
+    async def digest(
+        self, after: tuple[int, str, str], limit: int, now: float
+    ) -> list[StoredRecord]:
+        """Unexpired rows strictly after ``after`` in ``(stored_ts_ms, owner, value_hash)``
+        order, at most ``limit`` (wire.md §9); served by the ``records_digest`` index.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+        if limit <= 0:
+            return []
+        after_ts, after_owner, after_hash = after
+
+        def fn(conn: sqlite3.Connection) -> list[StoredRecord]:
+            rows: list[_Row] = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records "
+                "WHERE (stored_ts_ms, owner, value_hash) > (?, ?, ?) AND expires_at > ? "
+                "ORDER BY stored_ts_ms, owner, value_hash LIMIT ?",
+                (after_ts, after_owner, after_hash, now, limit),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return await self._engine.read(fn)
+
+    async def count(self) -> int:
+        """Total rows, expired rows not yet swept included.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+
+        def fn(conn: sqlite3.Connection) -> int:
+            (rows,) = conn.execute("SELECT count(*) FROM records").fetchone()
+            return int(rows)
+
+        return await self._engine.read(fn)
+
+    # -- listeners and lifecycle -------------------------------------------------------
+
+    def add_listener(self, callback: OwnerListener) -> None:
+        """Call ``callback(owner)`` on the loop thread after every committed change."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: OwnerListener) -> None:
+        """Stop calling ``callback``; unknown callbacks are ignored."""
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    async def aclose(self) -> None:
+        """Commit queued writes and close; later calls raise :class:`StoreUnavailable`."""
+        await self._engine.aclose()
+
+
+# ------------------------------------------------------------------------------------
+# TSIG keys
+# ------------------------------------------------------------------------------------
+
+_TSIG_COLUMNS = (
+    "keyname, secret, algorithm, allowed_suffixes, subject, ed25519_public, "
+    "created_at, expires_at, revoked"
+)
+
+_TsigRow = tuple[str, bytes, str, str, str, str, int, int, int]
+
+
+def _tsig_key(row: _TsigRow) -> TsigKey:
+    keyname, secret, algorithm, suffixes, subject, public, created_at, expires_at, revoked = row
+    return TsigKey(
+        keyname=keyname,
+        secret=bytes(secret),
+        algorithm=algorithm,
+        allowed_suffixes=tuple(str(s) for s in json.loads(suffixes)),
+        subject=subject,
+        ed25519_public=public,
+        created_at=created_at,
+        expires_at=expires_at,
+        revoked=bool(revoked),
+    )
+
+
+class SqliteTsigKeyStore:
+    """TSIG keys in sqlite, implementing :class:`dmp.ports.store.TsigKeyStore`.
+
+    Same file handling, threads and group commit as :class:`SqliteRecordStore`;
+    ``path`` may be the record store's file. ``generation`` lives in this
+    object (it starts at 0 on open) and bumps on the loop thread as each
+    change commits.
+
+    Raises:
+        StoreUnavailable: the database cannot be opened in WAL mode.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "FULL",
+        readers: int = 2,
+        busy_timeout_s: float = 5.0,
+    ) -> None:
+        self._generation = 0
+        self._engine = _Engine(
+            path,
+            _TSIG_SCHEMA,
+            self._bump,
+            synchronous=synchronous,
+            readers=readers,
+            busy_timeout_s=busy_timeout_s,
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "FULL",
+        readers: int = 2,
+        busy_timeout_s: float = 5.0,
+    ) -> Self:
+        """Open in a worker thread (same arguments as the constructor)."""
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                cls, path, synchronous=synchronous, readers=readers, busy_timeout_s=busy_timeout_s
+            )
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def pragma(self, name: str) -> object:
+        """The writer connection's ``PRAGMA name`` (blocking; for tests and diagnostics)."""
+        return self._engine.pragma(name)
+
+    def _bump(self, changed: Sequence[str]) -> None:
+        self._generation += 1
+
+    @property
+    def generation(self) -> int:
+        """Change counter; bumps as each put or successful revoke commits."""
+        return self._generation
+
+    async def put(self, key: TsigKey) -> None:
+        """Insert or replace the key named ``key.keyname``; durable on return.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+        params = (
+            key.keyname,
+            key.secret,
+            key.algorithm,
+            json.dumps(list(key.allowed_suffixes)),
+            key.subject,
+            key.ed25519_public,
+            key.created_at,
+            key.expires_at,
+            int(key.revoked),
+        )
+
+        def op(conn: sqlite3.Connection) -> tuple[None, Sequence[str]]:
+            conn.execute(
+                f"INSERT OR REPLACE INTO tsig_keys ({_TSIG_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+            return None, (key.keyname,)
+
+        await self._engine.write(op)
+
+    async def revoke(self, keyname: str) -> bool:
+        """Mark revoked; False when unknown.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+
+        def op(conn: sqlite3.Connection) -> tuple[bool, Sequence[str]]:
+            cur = conn.execute("UPDATE tsig_keys SET revoked = 1 WHERE keyname = ?", (keyname,))
+            return cur.rowcount > 0, (keyname,) if cur.rowcount else ()
+
+        return await self._engine.write(op)
+
+    async def _select(self, where: str, params: tuple[object, ...]) -> list[TsigKey]:
+        def fn(conn: sqlite3.Connection) -> list[TsigKey]:
+            rows: list[_TsigRow] = conn.execute(
+                f"SELECT {_TSIG_COLUMNS} FROM tsig_keys {where} ORDER BY keyname", params
+            ).fetchall()
+            return [_tsig_key(row) for row in rows]
+
+        return await self._engine.read(fn)
+
+    async def get(self, keyname: str) -> TsigKey | None:
+        """The key (revoked or expired included), or None when unknown.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+        keys = await self._select("WHERE keyname = ?", (keyname,))
+        return keys[0] if keys else None
+
+    async def by_subject(self, subject: str) -> list[TsigKey]:
+        """Every key minted for ``subject``, ordered by keyname.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+        return await self._select("WHERE subject = ?", (subject,))
+
+    async def all(self) -> list[TsigKey]:
+        """Every key, ordered by keyname.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+        return await self._select("", ())
+
+    async def active(self, now: float) -> list[TsigKey]:
+        """Keys neither revoked nor expired at ``now``, ordered by keyname.
+
+        Raises:
+            StoreUnavailable: closed or sqlite failed.
+        """
+        return await self._select("WHERE revoked = 0 AND expires_at > ?", (now,))
+
+    async def aclose(self) -> None:
+        """Commit queued writes and close; later calls raise :class:`StoreUnavailable`."""
+        await self._engine.aclose()
