@@ -1,5 +1,6 @@
-"""Simulation adapters: virtual time (and, later, a simulated network)."""
+"""Simulation adapters: virtual time and an in-memory TXT world."""
 
 from dmp.adapters.sim.clock import SimClock
+from dmp.adapters.sim.transport import FakeDns
 
-__all__ = ["SimClock"]
+__all__ = ["FakeDns", "SimClock"]
