@@ -1,4 +1,4 @@
-"""bootstrap.json and the bootstrap cases of negative.json: bootstrap records (wire.md §5.6)."""
+"""bootstrap.json: bootstrap records (wire.md §5.6)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from dmp.domain.errors import (
 from tests.vectors import h, load, params
 
 V = load("bootstrap.json")
-NEG = load("negative.json")
 RECORDS = V["records"]
 
 
@@ -119,40 +118,6 @@ def test_verify_rejects_other_keys_domains_and_times(case: dict[str, Any]) -> No
     with pytest.raises(ExpiryTooFar):
         verify_bootstrap(wire, spk, now=case["exp"] - FIVE_YEARS_S - 1)
     verify_bootstrap(wire, spk, now=now, expected_user_domain=case["user_domain"].upper() + ".")
-
-
-# -- negative.json ---------------------------------------------------------------
-
-
-def _neg(kind: str, section: str) -> list[Any]:
-    return params([c for c in NEG[section] if c["kind"] == kind])
-
-
-def _call(case: dict[str, Any]) -> BootstrapRecord:
-    ctx = case["context"]
-    return verify_bootstrap(
-        case["wire"],
-        h(ctx["signer_spk"]),
-        now=ctx["now"],
-        expected_user_domain=ctx.get("expected_user_domain"),
-    )
-
-
-@pytest.mark.parametrize("case", _neg("bootstrap", "rejected"))
-def test_negative_cases(case: dict[str, Any]) -> None:
-    """Every rejected bootstrap wire of negative.json raises a record error."""
-    assert case["reference_accepts"] is False
-    with pytest.raises(RecordError):
-        _call(case)
-
-
-@pytest.mark.parametrize("case", _neg("bootstrap", "accepted_edge_cases"))
-def test_negative_accepted_edge_cases(case: dict[str, Any]) -> None:
-    """Every accepted bootstrap edge case of negative.json verifies."""
-    assert case["reference_accepts"] is True
-    got = _call(case)
-    assert got.signer_spk.hex() == case["context"]["signer_spk"]
-    assert 1 <= len(got.entries) <= 16
 
 
 # -- rules not covered by the vectors -------------------------------------------------

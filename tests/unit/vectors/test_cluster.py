@@ -1,4 +1,4 @@
-"""cluster.json and the cluster cases of negative.json: cluster manifests (wire.md §5.5)."""
+"""cluster.json: cluster manifests (wire.md §5.5)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ from dmp.domain.errors import (
 from tests.vectors import h, load, params
 
 V = load("cluster.json")
-NEG = load("negative.json")
 RECORDS = V["records"]
 
 
@@ -120,40 +119,6 @@ def test_verify_rejects_other_keys_names_and_times(case: dict[str, Any]) -> None
         verify_cluster(wire, spk, now=case["exp"] - FIVE_YEARS_S - 1)
     # the name binding ignores case and one trailing dot
     verify_cluster(wire, spk, now=now, expected_cluster_name=case["cluster_name"].upper() + ".")
-
-
-# -- negative.json ---------------------------------------------------------------
-
-
-def _neg(kind: str, section: str) -> list[Any]:
-    return params([c for c in NEG[section] if c["kind"] == kind])
-
-
-def _call(case: dict[str, Any]) -> ClusterManifest:
-    ctx = case["context"]
-    return verify_cluster(
-        case["wire"],
-        h(ctx["operator_spk"]),
-        now=ctx["now"],
-        expected_cluster_name=ctx.get("expected_cluster_name"),
-    )
-
-
-@pytest.mark.parametrize("case", _neg("cluster", "rejected"))
-def test_negative_cases(case: dict[str, Any]) -> None:
-    """Every rejected cluster wire of negative.json raises a record error."""
-    assert case["reference_accepts"] is False
-    with pytest.raises(RecordError):
-        _call(case)
-
-
-@pytest.mark.parametrize("case", _neg("cluster", "accepted_edge_cases"))
-def test_negative_accepted_edge_cases(case: dict[str, Any]) -> None:
-    """Every accepted cluster edge case of negative.json verifies."""
-    assert case["reference_accepts"] is True
-    got = _call(case)
-    assert not got.cluster_name.endswith(".")
-    assert got.operator_spk.hex() == case["context"]["operator_spk"]
 
 
 # -- rules not covered by the vectors -------------------------------------------------

@@ -1,4 +1,4 @@
-"""manifest.json and negative.json (kind manifest): content-bound slot manifests and the receive gate."""
+"""manifest.json: content-bound slot manifests and the receive gate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from dmp.domain.codec import join_txt
 from dmp.domain.errors import (
-    DmpError,
     ExpiryTooFar,
     MalformedRecord,
     RecordExpired,
@@ -19,7 +18,6 @@ from dmp.domain.names import slot_for, slot_owner
 from tests.vectors import h, load, params
 
 V = load("manifest.json")
-N = load("negative.json")
 
 
 def manifest_of(rec: dict[str, Any]) -> SlotManifest:
@@ -80,26 +78,3 @@ def test_receive_gate_refuses_legacy(rec: dict[str, Any]) -> None:
     assert rec["verify"]["receive_path_accepts"] is False
     with pytest.raises(MalformedRecord):
         verify_manifest(rec["wire"], now=rec["verify"]["now"], recipient_id=h(rec["recipient_id"]))
-
-
-def _negative(section: str) -> list[Any]:
-    return params([c for c in N[section] if c["kind"] == "manifest"])
-
-
-def _gate(case: dict[str, Any]) -> SlotManifest:
-    ctx = case["context"]
-    rid = ctx.get("recipient_id")
-    return verify_manifest(case["wire"], now=ctx["now"], recipient_id=h(rid) if rid else None)
-
-
-@pytest.mark.parametrize("case", _negative("rejected"))
-def test_negative_rejected(case: dict[str, Any]) -> None:
-    assert case["reference_accepts"] is False
-    with pytest.raises(DmpError):
-        _gate(case)
-
-
-@pytest.mark.parametrize("case", _negative("accepted_edge_cases"))
-def test_negative_accepted(case: dict[str, Any]) -> None:
-    assert case["reference_accepts"] is True
-    assert _gate(case).chunk_hashes

@@ -1,4 +1,4 @@
-"""prekey.json: one-time prekey records, and the prekey cases of negative.json."""
+"""prekey.json: one-time prekey records."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from dmp.domain.codec import THIRTY_DAYS_S
 from dmp.domain.crypto import x25519_public
 from dmp.domain.errors import (
     BadRecordSignature,
-    DmpError,
     ExpiryTooFar,
     LowOrderKey,
     MalformedRecord,
@@ -24,7 +23,6 @@ from dmp.domain.prekey import PREKEY_BODY_LEN, Prekey, sign_prekey, verify_preke
 from tests.vectors import h, load, params
 
 V = load("prekey.json")
-NEG = load("negative.json")
 KIND = "prekey"
 
 
@@ -100,24 +98,3 @@ def test_prekey_sign_side_rules(change: dict[str, Any], message: str) -> None:
     record = attrs.evolve(record_of(case), **change)
     with pytest.raises(MalformedRecord, match=message):
         sign_prekey(record, h(case["signer"]["ed25519_seed"]))
-
-
-@pytest.mark.parametrize(
-    "case", params([c for c in NEG["rejected"] if c["kind"] == KIND], key="id")
-)
-def test_negative_cases(case: dict[str, Any]) -> None:
-    """negative.json prekey wires are refused with a DmpError."""
-    ctx = case["context"]
-    with pytest.raises(DmpError):
-        verify_prekey(case["wire"], h(ctx["signer_spk"]), now=ctx["now"])
-
-
-@pytest.mark.parametrize(
-    "case", params([c for c in NEG["accepted_edge_cases"] if c["kind"] == KIND], key="id")
-)
-def test_accepted_edge_cases(case: dict[str, Any]) -> None:
-    """negative.json prekey edge cases are accepted."""
-    ctx = case["context"]
-    record = verify_prekey(case["wire"], h(ctx["signer_spk"]), now=ctx["now"])
-    assert record.prekey_id != 0
-    assert len(record.x25519_public) == 32
