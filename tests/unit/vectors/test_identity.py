@@ -1,4 +1,4 @@
-"""identity.json: identity records, their owner names."""
+"""identity.json: identity records and their owner names."""
 
 from __future__ import annotations
 
