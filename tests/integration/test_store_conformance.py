@@ -230,6 +230,13 @@ async def test_digest_pages_in_cursor_order(store: RecordStore) -> None:
     assert [(r.owner, r.value, r.remaining_ttl(now)) for r in page] == [("c.example.com", "w", 58)]
 
 
+async def test_digest_accepts_out_of_range_cursors(store: RecordStore) -> None:
+    """Cursor timestamps beyond int64 either way (a peer's input) page like any other."""
+    await store.put(OWNER, "a", 60, NOW)
+    assert [r.value for r in await store.digest((-(2**70), "", ""), 2**70, NOW)] == ["a"]
+    assert await store.digest((2**70, "", ""), 10, NOW) == []
+
+
 async def test_digest_cursor_with_owner_only(store: RecordStore) -> None:
     """A cursor (ts, owner, "") sorts before every hash of that owner at that ts."""
     await store.put("a.example.com", "1", 60, NOW)

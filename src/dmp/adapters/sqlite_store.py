@@ -87,6 +87,7 @@ Synchronous = Literal["FULL", "NORMAL"]
 
 _MIN_SQLITE = (3, 35, 0)
 _SWEEP_CHUNK = 2000
+_INT64_MAX = 2**63 - 1
 
 _RECORDS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -594,9 +595,11 @@ class SqliteRecordStore:
         Raises:
             StoreUnavailable: closed or sqlite failed.
         """
-        if limit <= 0:
-            return []
         after_ts, after_owner, after_hash = after
+        if limit <= 0 or after_ts > _INT64_MAX:  # nothing sorts after a cursor past int64
+            return []
+        after_ts = max(after_ts, -_INT64_MAX - 1)  # peer cursors may hold any int
+        limit = min(limit, _INT64_MAX)
 
         def fn(conn: sqlite3.Connection) -> list[StoredRecord]:
             rows: list[_Row] = conn.execute(
