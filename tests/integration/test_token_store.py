@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from dmp.adapters.token_store import MemoryTokenStore, SqliteTokenStore
+from dmp.apps.node import admin_tokens
+from dmp.domain.registration import bearer_token_from_draw, token_hash
 from dmp.ports.tokens import (
     AuditEntry,
     AuditEvent,
@@ -217,3 +220,161 @@ async def test_sqlite_open_fails_cleanly(tmp_path: Path) -> None:
     """A path in a missing directory raises TokenStoreError, not sqlite3.Error."""
     with pytest.raises(TokenStoreError):
         await SqliteTokenStore.open(tmp_path / "missing" / "t.db")
+
+
+# -- admin commands over both stores ------------------------------------------
+
+
+def _draws(*labels: str) -> Callable[[int], bytes]:
+    queue = [hashlib.sha256(label.encode()).digest() for label in labels]
+
+    def draw(n: int) -> bytes:
+        assert n == 32
+        return queue.pop(0)
+
+    return draw
+
+
+async def test_admin_issue_stores_only_the_hash(store: Store) -> None:
+    """issue prints dmp_v1_ + base32 once, stores its sha256 and logs 'issued'."""
+    issued = await admin_tokens.issue_token(
+        store,
+        store,
+        " Alice@Mesh.Example ",
+        random_bytes=_draws("t1"),
+        now=1_000,
+        expires_in_s=admin_tokens.parse_duration("12h"),
+        rate_per_sec=2.0,
+        rate_burst=5,
+        note="laptop",
+        prekey_x25519="AB" * 32,
+    )
+    token = issued.token
+    assert token == bearer_token_from_draw(hashlib.sha256(b"t1").digest())
+    rec = await store.get(token_hash(token))
+    assert rec == issued.record
+    assert rec is not None
+    assert (rec.subject, rec.expires_at, rec.rate_per_sec, rec.rate_burst) == (
+        "alice@mesh.example",
+        1_000 + 12 * 3600,
+        2.0,
+        5,
+    )
+    assert rec.prekey_x25519 == "ab" * 32
+    assert not rec.self_service
+    assert token not in repr(issued)
+    (row,) = await store.tail()
+    assert (row.event, row.subject, row.token_hash) == (
+        AuditEvent.ISSUED,
+        "alice@mesh.example",
+        rec.token_hash,
+    )
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"subject": "two words"},
+        {"subject": "bad@@host"},
+        {"subject": ""},
+        {"rate_burst": 0},
+        {"rate_per_sec": -1.0},
+        {"expires_in_s": 0},
+        {"prekey_x25519": "abcd"},
+    ],
+)
+async def test_admin_issue_refuses_bad_arguments(store: Store, kw: dict[str, Any]) -> None:
+    """Bad subjects, limits, lifetimes and prekey keys raise AdminError and store nothing."""
+    args: dict[str, Any] = {"subject": "alice@mesh.example", **kw}
+    subject = args.pop("subject")
+    with pytest.raises(admin_tokens.AdminError):
+        await admin_tokens.issue_token(store, store, subject, random_bytes=_draws("x"), **args)
+    assert await store.find(include_revoked=True) == []
+
+
+async def test_admin_list_revoke_rotate(store: Store) -> None:
+    """revoke takes a subject or a unique hash prefix; rotate revokes all live and mints one."""
+    a1 = await admin_tokens.issue_token(
+        store, store, "alice@mesh.example", random_bytes=_draws("a1"), now=10
+    )
+    a2 = await admin_tokens.issue_token(
+        store, store, "alice@mesh.example", random_bytes=_draws("a2"), now=11
+    )
+    b1 = await admin_tokens.issue_token(store, store, "ci-bot", random_bytes=_draws("b1"), now=12)
+    listed = await admin_tokens.list_tokens(store, subject="ALICE@mesh.example")
+    assert [r.token_hash for r in listed] == [a1.record.token_hash, a2.record.token_hash]
+
+    revoked = await admin_tokens.revoke_tokens(store, store, b1.record.token_hash[:8], now=20)
+    assert [r.token_hash for r in revoked] == [b1.record.token_hash]
+    assert revoked[0].revoked_at == 20
+    with pytest.raises(admin_tokens.AdminError):
+        await admin_tokens.revoke_tokens(store, store, b1.record.token_hash[:8], now=21)
+    with pytest.raises(admin_tokens.AdminError):
+        await admin_tokens.revoke_tokens(store, store, "nobody@mesh.example", now=21)
+
+    gone, fresh = await admin_tokens.rotate_tokens(
+        store, store, "alice@mesh.example", random_bytes=_draws("a3"), now=30, expires_in_s=60
+    )
+    assert sorted(r.token_hash for r in gone) == sorted(
+        [a1.record.token_hash, a2.record.token_hash]
+    )
+    live = await admin_tokens.list_tokens(store, subject="alice@mesh.example")
+    assert [r.token_hash for r in live] == [fresh.record.token_hash]
+    assert fresh.record.expires_at == 90
+    all_rows = await admin_tokens.list_tokens(store, include_revoked=True)
+    assert len(all_rows) == 4
+    text = admin_tokens.format_tokens(all_rows, now=40)
+    assert text.count("revoked") == 3
+    assert fresh.token not in text
+    assert [admin_tokens.token_to_json(r)["token_hash"] for r in all_rows] == [
+        r.token_hash for r in all_rows
+    ]
+
+
+async def test_admin_revoke_ambiguous_prefix(store: Store) -> None:
+    """A prefix shared by two live tokens is refused."""
+    for suffix in ("1", "2"):
+        await store.add(
+            TokenRecord(token_hash="abcd" + suffix * 60, subject="x", issued_at=0, expires_at=None)
+        )
+    with pytest.raises(admin_tokens.AdminError, match="ambiguous"):
+        await admin_tokens.revoke_tokens(store, store, "abcd", now=1)
+    assert len(await admin_tokens.revoke_tokens(store, store, "abcd1", now=1)) == 1
+
+
+async def test_admin_audit_tail(store: Store) -> None:
+    """audit tail filters by event name and refuses unknown names."""
+    issued = await admin_tokens.issue_token(store, store, "ci-bot", random_bytes=_draws("c"), now=5)
+    await admin_tokens.revoke_tokens(store, store, "ci-bot", now=6)
+    rows = await admin_tokens.audit_tail(store, limit=10)
+    assert [r.event for r in rows] == [AuditEvent.REVOKED, AuditEvent.ISSUED]
+    only = await admin_tokens.audit_tail(store, event="issued")
+    assert [r.token_hash for r in only] == [issued.record.token_hash]
+    assert admin_tokens.audit_to_json(only[0])["event"] == "issued"
+    assert "issued" in admin_tokens.format_audit(only)
+    with pytest.raises(admin_tokens.AdminError):
+        await admin_tokens.audit_tail(store, event="bogus")
+    with pytest.raises(admin_tokens.AdminError):
+        await admin_tokens.audit_tail(store, limit=0)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90d", 90 * 86400),
+        ("12h", 43200),
+        ("300s", 300),
+        ("4w", 4 * 604800),
+        ("45", 45),
+        ("5m", 300),
+    ],
+)
+def test_parse_duration(text: str, seconds: int) -> None:
+    """Durations use s/m/h/d/w suffixes; a bare number is seconds."""
+    assert admin_tokens.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0d", "-3h", "3y", "h"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(admin_tokens.AdminError):
+        admin_tokens.parse_duration(text)

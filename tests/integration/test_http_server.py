@@ -1,0 +1,218 @@
+"""The HTTP API over real sockets: hypercorn on 127.0.0.1 port 0, driven by httpx."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from dmp.adapters.clock import SystemClock
+from dmp.adapters.http_api import HttpConfig, create_app, serve_http
+from dmp.adapters.memory_store import MemoryRecordStore
+from dmp.adapters.sqlite_store import SqliteRecordStore, SqliteTsigKeyStore
+from dmp.adapters.token_store import SqliteTokenStore
+from dmp.domain import registration as reg
+from dmp.domain.crypto import x25519_public
+from dmp.domain.keys import ed25519_public_from_seed
+
+pytestmark = pytest.mark.anyio
+
+ZONE = "mesh.example"
+NODE = "dmp.mesh.example"
+OPERATOR = "op-token"
+SEED = hashlib.sha256(b"integration/alice").digest()
+X_PRIV = hashlib.sha256(b"integration/alice/x25519").digest()
+OWN = f"id-{hashlib.sha256(b'alice').hexdigest()[:16]}.{ZONE}"
+SLOT = f"slot-4.mb-{'ab' * 6}.{ZONE}"
+
+CONFIG = HttpConfig(
+    http_host="127.0.0.1",
+    auth_mode="multi-tenant",
+    operator_token=OPERATOR,
+    node_hostname=NODE,
+    served_zone=ZONE,
+    dns_update_enabled=True,
+    registration_enabled=True,
+)
+
+
+class Stores:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+
+    async def __aenter__(self) -> Stores:
+        self.records = await SqliteRecordStore.open(self.tmp / "dmp.db")
+        self.tokens = await SqliteTokenStore.open(self.tmp / "dmp_tokens.db")
+        self.tsig = await SqliteTsigKeyStore.open(self.tmp / "dmp_tsig.db")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.records.aclose()
+        await self.tokens.aclose()
+        await self.tsig.aclose()
+
+    def app(self) -> Any:
+        return create_app(
+            CONFIG,
+            store=self.records,
+            clock=SystemClock(),
+            random_bytes=os.urandom,
+            tokens=self.tokens,
+            audit=self.tokens,
+            tsig_keys=self.tsig,
+        )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _signed_request(c: httpx.AsyncClient, *, tsig: bool) -> dict[str, Any]:
+    ch = await c.get("/v1/registration/challenge")
+    assert ch.status_code == 200, ch.text
+    body = ch.json()
+    assert body["node"] == NODE
+    challenge = bytes.fromhex(body["challenge"])
+    subject = "alice@mesh.example"
+    req: dict[str, Any] = {
+        "subject": subject,
+        "ed25519_spk": ed25519_public_from_seed(SEED).hex(),
+        "challenge": body["challenge"],
+        "signature": reg.sign_registration(
+            SEED, reg.signing_payload(challenge, subject, NODE)
+        ).hex(),
+    }
+    if tsig:
+        x_pub = x25519_public(X_PRIV)
+        server_pub = bytes.fromhex(body["server_x25519_pub"])
+        req["x25519_pub"] = x_pub.hex()
+        req["x25519_pop"] = reg.x25519_pop(X_PRIV, server_pub, challenge, subject, x_pub).hex()
+    return req
+
+
+def _port_closed(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_registration_publish_delete_and_restart(tmp_path: Path) -> None:
+    """Register over HTTP, publish and delete with the bearer token, and keep it all across a restart."""
+    async with Stores(tmp_path) as stores, anyio.create_task_group() as tg:
+        port = await tg.start(serve_http, stores.app(), "127.0.0.1", 0)
+        assert port > 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            assert (await c.get("/health")).json() == {"status": "ok"}
+
+            r = await c.post("/v1/registration/confirm", json=await _signed_request(c, tsig=False))
+            assert r.status_code == 200, r.text
+            issued = r.json()
+            token = issued["token"]
+            assert token.startswith("dmp_v1_")
+            assert len(token) == 7 + 52
+            assert (issued["rate_per_sec"], issued["rate_burst"]) == (10.0, 50)
+
+            r = await c.post(
+                "/v1/registration/tsig-confirm", json=await _signed_request(c, tsig=True)
+            )
+            assert r.status_code == 200, r.text
+            key_name = r.json()["tsig_key_name"]
+
+            for value in ("v=dmp1;t=identity;one", "v=dmp1;t=identity;two"):
+                r = await c.post(f"/v1/records/{OWN}", json={"value": value}, headers=bearer(token))
+                assert (r.status_code, r.json()) == (201, {"ok": True})
+            r = await c.post(
+                f"/v1/records/{SLOT}", json={"value": "m", "ttl": 60}, headers=bearer(token)
+            )
+            assert r.status_code == 201
+            assert (await c.delete(f"/v1/records/{SLOT}", headers=bearer(token))).status_code == 401
+            r = await c.request(
+                "DELETE",
+                f"/v1/records/{OWN}",
+                json={"value": "v=dmp1;t=identity;one"},
+                headers=bearer(token),
+            )
+            assert r.status_code == 204
+            r = await c.get(f"/v1/records/{OWN}", headers=bearer(OPERATOR))
+            assert r.json() == {"name": OWN, "values": ["v=dmp1;t=identity;two"]}
+        tg.cancel_scope.cancel()
+    assert _port_closed(port)
+
+    # restart on the same files: the token, the TSIG key and the records are all there
+    async with Stores(tmp_path) as stores, anyio.create_task_group() as tg:
+        port = await tg.start(serve_http, stores.app(), "127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            r = await c.get(f"/v1/records/{OWN}", headers=bearer(OPERATOR))
+            assert r.json()["values"] == ["v=dmp1;t=identity;two"]
+            r = await c.get(f"/v1/records/{SLOT}", headers=bearer(OPERATOR))
+            assert r.json()["values"] == ["m"]
+            assert (await c.delete(f"/v1/records/{OWN}", headers=bearer(token))).status_code == 204
+        assert await stores.tsig.get(key_name) is not None
+        events = [e.event.value for e in await stores.tokens.tail(limit=100)]
+        assert {"issued", "used", "rejected"} <= set(events)
+        tg.cancel_scope.cancel()
+
+
+async def test_graceful_shutdown_finishes_in_flight_writes() -> None:
+    """Setting the shutdown event lets an in-flight write finish with 201 before the server stops."""
+    gate = anyio.Event()
+    entered = anyio.Event()
+
+    class SlowStore(MemoryRecordStore):
+        async def put(self, *args: Any, **kw: Any) -> None:
+            entered.set()
+            await gate.wait()
+            await super().put(*args, **kw)
+
+    store = SlowStore()
+    app = create_app(
+        HttpConfig(http_host="127.0.0.1"),
+        store=store,
+        clock=SystemClock(),
+        random_bytes=os.urandom,
+    )
+    shutdown = anyio.Event()
+    statuses: list[int] = []
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(
+                lambda task_status: serve_http(
+                    app, "127.0.0.1", 0, task_status=task_status, shutdown=shutdown
+                )
+            )
+
+            async def publish() -> None:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+                    r = await c.post("/v1/records/a.mesh.example", json={"value": "x"})
+                    statuses.append(r.status_code)
+
+            tg.start_soon(publish)
+            await entered.wait()
+            shutdown.set()
+            await anyio.sleep(0.05)  # let hypercorn stop accepting before the write completes
+            gate.set()
+    assert statuses == [201]
+    assert await store.count() == 1
+    assert _port_closed(port)
+
+
+async def test_bind_failure_is_reported() -> None:
+    """A port that is already taken raises OSError before anything is served."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = create_app(
+            HttpConfig(http_host="127.0.0.1"),
+            store=MemoryRecordStore(),
+            clock=SystemClock(),
+            random_bytes=os.urandom,
+        )
+        with pytest.raises(OSError, match="in use"), anyio.fail_after(10):
+            await serve_http(app, "127.0.0.1", port)
