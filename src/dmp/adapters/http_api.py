@@ -82,7 +82,6 @@ log = logging.getLogger("dmp.http")
 AuthMode = Literal["open", "legacy", "multi-tenant"]
 HEALTH_PROBE_OWNER: Final = "__dmp_health_probe__"
 DEFAULT_TTL: Final = 300
-_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class HttpConfigError(ValueError):
@@ -139,6 +138,18 @@ class HttpConfig:
     registration_endpoint_rate: float = 5 / 3600
     registration_endpoint_burst: float = 5.0
 
+    @classmethod
+    def from_attributes(cls, source: object) -> HttpConfig:
+        """Copy every field that ``source`` has an attribute of the same name for.
+
+        The node's configuration uses the same field names, so
+        ``HttpConfig.from_attributes(node_config)`` picks out the HTTP part.
+        """
+        values = {
+            f.name: getattr(source, f.name) for f in attrs.fields(cls) if hasattr(source, f.name)
+        }
+        return cls(**values)
+
     @property
     def effective_auth_mode(self) -> AuthMode:
         if self.auth_mode is not None:
@@ -154,11 +165,7 @@ class HttpConfig:
                 token; an unparseable trusted proxy.
         """
         mode = self.effective_auth_mode
-        if (
-            mode == "open"
-            and self.http_host not in _LOOPBACK_HOSTS
-            and not self.allow_open_public_bind
-        ):
+        if mode == "open" and not _is_loopback(self.http_host) and not self.allow_open_public_bind:
             raise HttpConfigError(
                 f"DMP_AUTH_MODE=open on public bind {self.http_host}: set DMP_OPERATOR_TOKEN, "
                 "DMP_AUTH_MODE=multi-tenant, or DMP_ALLOW_OPEN_PUBLIC_BIND=1"
@@ -166,6 +173,15 @@ class HttpConfig:
         if mode == "legacy" and not self.operator_token:
             raise HttpConfigError("DMP_AUTH_MODE=legacy needs DMP_OPERATOR_TOKEN")
         _parse_networks(self.http_trusted_proxies)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_networks(

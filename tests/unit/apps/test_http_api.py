@@ -724,6 +724,11 @@ def test_config_checks() -> None:
     """Open mode on a public bind, legacy without a token and bad proxies are refused."""
     with pytest.raises(HttpConfigError):
         HttpConfig(http_host="0.0.0.0").check()
+    with pytest.raises(HttpConfigError):
+        HttpConfig(http_host="::").check()
+    HttpConfig(http_host="127.0.0.2").check()
+    HttpConfig(http_host="::1").check()
+    HttpConfig(http_host="localhost").check()
     HttpConfig(http_host="0.0.0.0", allow_open_public_bind=True).check()
     HttpConfig(http_host="0.0.0.0", operator_token="t").check()
     assert HttpConfig(operator_token="t").effective_auth_mode == "legacy"
@@ -780,3 +785,20 @@ def test_owner_allowed_uses_the_local_part_hash() -> None:
     assert not owner_allowed(f"pk-1.{mailbox}.mesh.example", alice)
     with_prekeys = attrs.evolve(alice, prekey_x25519=x_pub.hex())
     assert owner_allowed(f"pk-1.{mailbox}.mesh.example", with_prekeys)
+
+
+def test_config_from_attributes() -> None:
+    """from_attributes copies same-named fields and leaves the rest at their defaults."""
+
+    @attrs.frozen
+    class NodeLike:
+        http_host: str = "127.0.0.1"
+        http_rate: float = 3.0
+        operator_token: str = "t"
+        registration_allowlist: tuple[str, ...] = ("a.example",)
+        dns_port: int = 53
+
+    cfg = HttpConfig.from_attributes(NodeLike())
+    assert (cfg.http_host, cfg.http_rate, cfg.operator_token) == ("127.0.0.1", 3.0, "t")
+    assert cfg.registration_allowlist == ("a.example",)
+    assert cfg.max_ttl == 86400
