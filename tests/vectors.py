@@ -1,4 +1,7 @@
-"""Loading the golden vectors (../shared/vectors, or $DMP_VECTORS_DIR).
+"""Loading the golden vectors ($DMP_VECTORS_DIR, else ../shared/vectors, else tests/golden).
+
+tests/golden holds a copy of the public set so that a clone with no
+../shared still checks every vector.
 
 Tests must not depend on the number of entries, their ids or the label:
 the same tests run against a held-back set with the same schema.
@@ -14,7 +17,18 @@ from typing import Any
 import pytest
 
 _REPO = Path(__file__).resolve().parent.parent
-VECTORS_DIR = Path(os.environ.get("DMP_VECTORS_DIR", _REPO.parent / "shared" / "vectors"))
+_SHARED = _REPO.parent / "shared" / "vectors"
+_BUNDLED = _REPO / "tests" / "golden"
+
+
+def _vectors_dir() -> Path:
+    """``$DMP_VECTORS_DIR``, else ``../shared/vectors``, else the copy bundled in tests/golden."""
+    if os.environ.get("DMP_VECTORS_DIR"):
+        return Path(os.environ["DMP_VECTORS_DIR"])
+    return _SHARED if _SHARED.is_dir() else _BUNDLED
+
+
+VECTORS_DIR = _vectors_dir()
 
 
 def load(name: str) -> dict[str, Any]:
