@@ -184,12 +184,18 @@ def _row_to_audit(row: tuple[Any, ...]) -> AuditEntry:
 class SqliteTokenStore:
     """Tokens and audit rows in one sqlite file (the reference's token DB role).
 
-    Build it with :meth:`open`; close it with :meth:`aclose`.
+    Build it with :meth:`open`; close it with :meth:`aclose`. Writes go
+    through one connection, reads through a second (WAL lets them run side by
+    side), so a token lookup never waits behind an audit commit's fsync.
     """
 
-    def __init__(self, conn: sqlite3.Connection, max_audit_rows: int) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, reader: sqlite3.Connection, max_audit_rows: int
+    ) -> None:
         self._conn: sqlite3.Connection | None = conn
+        self._reader: sqlite3.Connection | None = reader
         self._limiter = anyio.CapacityLimiter(1)
+        self._read_limiter = anyio.CapacityLimiter(1)
         self._lock = threading.Lock()  # guards _pending
         self._pending: list[AuditEntry] = []
         self._max_audit_rows = max_audit_rows
@@ -205,9 +211,10 @@ class SqliteTokenStore:
             TokenStoreError: the file cannot be opened or initialized.
         """
 
-        def _open() -> sqlite3.Connection:
+        def _open() -> tuple[sqlite3.Connection, sqlite3.Connection]:
             p = Path(path)
             created = not p.exists()
+            conn: sqlite3.Connection | None = None
             try:
                 conn = sqlite3.connect(
                     str(p), check_same_thread=False, isolation_level=None, timeout=10.0
@@ -215,19 +222,25 @@ class SqliteTokenStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.executescript(_SCHEMA)
+                reader = sqlite3.connect(
+                    str(p), check_same_thread=False, isolation_level=None, timeout=10.0
+                )
+                reader.execute("PRAGMA query_only=ON")
             except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
                 raise TokenStoreError(f"cannot open token store {p}: {exc}") from exc
             if created:
                 with contextlib.suppress(OSError):
                     os.chmod(p, 0o600)
-            return conn
+            return conn, reader
 
-        conn = await anyio.to_thread.run_sync(_open)
-        return cls(conn, max_audit_rows)
+        conn, reader = await anyio.to_thread.run_sync(_open)
+        return cls(conn, reader, max_audit_rows)
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, read: bool = False) -> T:
         def call() -> T:
-            conn = self._conn
+            conn = self._reader if read else self._conn
             if conn is None:
                 raise TokenStoreError("token store is closed")
             try:
@@ -237,7 +250,8 @@ class SqliteTokenStore:
             except sqlite3.Error as exc:
                 raise TokenStoreError(str(exc)) from exc
 
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        limiter = self._read_limiter if read else self._limiter
+        return await anyio.to_thread.run_sync(call, limiter=limiter)
 
     async def add(self, record: TokenRecord) -> None:
         def _add(conn: sqlite3.Connection) -> None:
@@ -267,7 +281,7 @@ class SqliteTokenStore:
             ).fetchone()
             return None if row is None else _row_to_token(row)
 
-        return await self._run(_get)
+        return await self._run(_get, read=True)
 
     async def find(
         self,
@@ -292,7 +306,7 @@ class SqliteTokenStore:
         def _find(conn: sqlite3.Connection) -> list[TokenRecord]:
             return [_row_to_token(r) for r in conn.execute(sql, args).fetchall()]
 
-        return await self._run(_find)
+        return await self._run(_find, read=True)
 
     async def revoke(self, token_hash: str, now: int) -> bool:
         def _revoke(conn: sqlite3.Connection) -> bool:
@@ -345,7 +359,7 @@ class SqliteTokenStore:
         def _tail(conn: sqlite3.Connection) -> list[AuditEntry]:
             return [_row_to_audit(r) for r in conn.execute(sql, args).fetchall()]
 
-        return await self._run(_tail)
+        return await self._run(_tail, read=True)
 
     async def aclose(self) -> None:
         def _close(conn: sqlite3.Connection) -> None:
@@ -353,5 +367,6 @@ class SqliteTokenStore:
 
         if self._conn is None:
             return
+        await self._run(_close, read=True)
         await self._run(_close)
-        self._conn = None
+        self._conn = self._reader = None
