@@ -42,9 +42,15 @@ default message.
     ├── RegistrationError            registration ceremony (wire.md §8)
     │   ├── BadSubject               subject does not canonicalize
     │   └── BadProof                 signature or X25519 PoP invalid
-    └── SyncError                    anti-entropy (wire.md §9)
-        ├── BadCursor                cursor string does not parse
-        └── BadDigestEntry           a peer's digest row is invalid
+    ├── SyncError                    anti-entropy (wire.md §9)
+    │   ├── BadCursor                cursor string does not parse
+    │   └── BadDigestEntry           a peer's digest row is invalid
+    └── ClientError                  a client use case cannot proceed (exit 1)
+        ├── UnknownContact           no such contact / recipient
+        ├── IdentityNotFound         no valid identity record at the owners
+        ├── AmbiguousIdentity        more than one distinct valid identity
+        ├── PinMismatch              fetched key differs from the pinned one
+        └── IntroNotFound            no such entry in the intro queue
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AmbiguousIdentity",
     "BadAddress",
     "BadCursor",
     "BadDigestEntry",
@@ -61,12 +68,15 @@ __all__ = [
     "ChunkError",
     "ChunkHashMismatch",
     "ChunkUnrecoverable",
+    "ClientError",
     "ClockSkew",
     "CryptoError",
     "DecryptionFailed",
     "DmpError",
     "ErasureError",
     "ExpiryTooFar",
+    "IdentityNotFound",
+    "IntroNotFound",
     "KdfError",
     "KeyNameTooLong",
     "LowOrderKey",
@@ -74,6 +84,7 @@ __all__ = [
     "MessageError",
     "MessageExpired",
     "NotEnoughShares",
+    "PinMismatch",
     "RecordError",
     "RecordExpired",
     "RecordMismatch",
@@ -82,6 +93,7 @@ __all__ = [
     "RotationChainError",
     "ScopeError",
     "SyncError",
+    "UnknownContact",
     "UnsupportedVersion",
 ]
 
@@ -246,3 +258,38 @@ class BadCursor(SyncError):
 
 class BadDigestEntry(SyncError):
     """The peer's digest entry is invalid."""
+
+
+# -- client use cases --------------------------------------------------------
+
+
+class ClientError(DmpError):
+    """The client use case cannot proceed."""
+
+
+class UnknownContact(ClientError):
+    """No such contact or recipient."""
+
+
+class IdentityNotFound(ClientError):
+    """No valid identity record was found."""
+
+
+class AmbiguousIdentity(ClientError):
+    """More than one distinct valid identity record was found.
+
+    Attributes:
+        fingerprints: the 16-hex fingerprints of the candidates, sorted.
+    """
+
+    def __init__(self, message: str | None = None, fingerprints: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fingerprints = fingerprints
+
+
+class PinMismatch(ClientError):
+    """The fetched identity's key differs from the pinned key."""
+
+
+class IntroNotFound(ClientError):
+    """No such entry in the intro queue."""
