@@ -163,6 +163,11 @@ class DnsServer:
         self._udp: _UdpProtocol | None = None
 
     @property
+    def closing(self) -> bool:
+        """True once shutdown has begun (no new messages are read)."""
+        return self._udp is not None and self._udp.closing
+
+    @property
     def udp_dropped(self) -> int:
         """UDP messages dropped because ``max_pending`` were in flight."""
         return self._udp.dropped if self._udp is not None else 0
