@@ -535,7 +535,7 @@ def create_app(
         tsig_keys=tsig_keys,
         metrics=metrics if metrics is not None else NodeMetrics(),
     )
-    app = quart.Quart("dmp.node")
+    app = quart.Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.http_max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.extensions["dmp"] = api
