@@ -231,7 +231,9 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\"]")
+# Control characters, the double quote, and lone surrogates (JSON "\ud800"
+# decodes to one; it cannot be stored as UTF-8).
+_CONTROL = re.compile('[\x00-\x1f\x7f"\ud800-\udfff]')
 
 
 def _owner_from_path(raw: str) -> str | None:
@@ -715,6 +717,8 @@ def create_app(
             raw = body.get("value")
             if raw is not None and not isinstance(raw, str):
                 return _error(400, "value must be a string")
+            if raw is not None and _CONTROL.search(raw):
+                return _error(400, "value contains a quote or control character")
             value = raw
         try:
             removed = await api.store.delete(owner, value)

@@ -251,6 +251,19 @@ async def test_publish_validation(open_node: Node, path: str, body: Any, status:
         assert await open_node.store.count() == 0
 
 
+async def test_lone_surrogate_values_are_400_not_500(open_node: Node) -> None:
+    """JSON can carry a lone surrogate; it is refused, never stored or crashed on."""
+    raw = b'{"value": "a\\ud800b", "ttl": 60}'
+    async with open_node.client() as c:
+        posted = await c.post("/v1/records/ok.mesh.example", content=raw)
+        deleted = await c.request(
+            "DELETE", "/v1/records/ok.mesh.example", content=b'{"value": "\\udfff"}'
+        )
+    assert (posted.status_code, deleted.status_code) == (400, 400)
+    assert "error" in posted.json()
+    assert await open_node.store.count() == 0
+
+
 async def test_non_json_body_is_400(open_node: Node) -> None:
     """A body that is not JSON is a 400 with a JSON error."""
     async with open_node.client() as c:
