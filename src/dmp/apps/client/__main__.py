@@ -1,0 +1,7 @@
+"""``python -m dmp.apps.client``: the ``dnsmesh`` CLI."""
+
+import sys
+
+from dmp.apps.client.cli import main
+
+sys.exit(main())

@@ -1,0 +1,803 @@
+"""The ``dnsmesh`` command line (layer: apps; also ``python -m dmp.apps.client``).
+
+The same sub-commands and flags as the reference CLI ``dnsmesh`` 0.7.5
+(behaviour.md §a), so a user can switch without relearning::
+
+    dnsmesh [--config-home DIR] [--tokens-home DIR] [--debug] COMMAND ...
+
+    init USERNAME|USER@HOST   identity show|publish|refresh-prekeys|fetch|rotate
+    contacts add|list         send RECIPIENT MESSAGE      recv
+    intro list|accept|trust|block                         doctor
+    register                  tsig register               token list|forget
+    resolvers discover|list   node
+
+Conventions:
+
+* exit codes: 0 ok; 1 a user or configuration error (bad flag value, no
+  config, wrong passphrase, unknown contact, ...); 2 a network or backend
+  error (node unreachable, UPDATE refused, ...). argparse usage errors are 2,
+  as in the reference;
+* errors are ONE line on stderr, ``dnsmesh: <message>``; ``--debug`` adds the
+  traceback;
+* ``--json`` where the reference has it (``identity show``, ``identity
+  fetch``, ``token list``);
+* tables use ``rich`` when stdout is a terminal, plain aligned text otherwise.
+
+Speed: ``dnsmesh --help`` must stay under 0.15 s, so this module imports only
+the standard library at the top; every heavy module (dnspython, PyNaCl,
+httpx, anyio, argon2, rich, yaml, attrs, ``dmp.domain``) is imported inside
+the command that needs it. Check with
+``python -X importtime -m dmp.apps.client --help``.
+
+Concrete adapters are chosen in :mod:`dmp.apps.client.wiring` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from dmp.apps.client.config import ClientConfig
+    from dmp.domain.crypto import IdentityKeys
+
+__all__ = ["CliError", "build_parser", "main"]
+
+PROG = "dnsmesh"
+EXIT_OK = 0
+EXIT_USER = 1
+EXIT_NETWORK = 2
+DEFAULT_DOMAIN = "mesh.local"
+DEFAULT_RESOLVERS = ("1.1.1.1", "8.8.8.8")
+PROBE_PORTS = (5353, 53)
+
+
+class CliError(Exception):
+    """A one-line error for the user; ``exit_code`` 1 (user/config) or 2 (network/backend)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USER) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ---------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors print two lines (usage + error) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_NETWORK, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``dnsmesh`` argument tree (imports nothing heavy)."""
+    p = _Parser(prog=PROG, description="DNS Mesh Protocol client (dmp).")
+    p.add_argument(
+        "--config-home",
+        metavar="DIR",
+        help="configuration directory (default: $DMP_CONFIG_HOME, else ~/.dmp)",
+    )
+    p.add_argument(
+        "--tokens-home",
+        metavar="DIR",
+        help="saved per-node tokens (default: $DMP_TOKENS_HOME, else <config-home>/tokens)",
+    )
+    p.add_argument("--debug", action="store_true", help="print a traceback on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    # init
+    init = sub.add_parser("init", help="write a fresh config for a new identity")
+    init.add_argument("username", help="your name, or user@host (host becomes --domain)")
+    init.add_argument("--domain", help=f"mesh zone your records live in (default {DEFAULT_DOMAIN})")
+    init.add_argument("--endpoint", help="HTTP URL of your node (a bare host means https://)")
+    init.add_argument("--http-token", help="bearer token for the node's HTTP API")
+    init.add_argument("--dns-host", help="DNS server to read from (default: the resolvers)")
+    init.add_argument("--dns-port", type=int, default=5353, help="port of --dns-host (5353)")
+    init.add_argument(
+        "--dns-resolvers",
+        metavar="IP[:PORT],...",
+        help="resolver pool, IP literals only, e.g. 9.9.9.9,[2620:fe::fe]:53 "
+        "(default: 1.1.1.1,8.8.8.8)",
+    )
+    init.add_argument(
+        "--no-default-resolvers",
+        action="store_true",
+        help="no resolver pool: read through --dns-host or the node directly",
+    )
+    init.add_argument(
+        "--identity-domain",
+        metavar="ZONE",
+        help="a zone you control; your identity is published at dmp.<ZONE>",
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing config")
+    init.add_argument(
+        "--no-probe-local-dns",
+        action="store_true",
+        help="do not probe the endpoint host for the node's DNS port (5353, then 53)",
+    )
+    init.add_argument(
+        "--allow-tofu",
+        action="store_true",
+        help="deliver signature-valid messages while no contact is pinned (less safe)",
+    )
+    init.add_argument(
+        "--require-dnssec",
+        action="store_true",
+        help="drop resolver answers without the DNSSEC AD bit",
+    )
+
+    # identity
+    ident = sub.add_parser("identity", help="your identity and other people's")
+    isub = ident.add_subparsers(dest="identity_command", metavar="ACTION", parser_class=_Parser)
+    isub.required = True
+    show = isub.add_parser("show", help="print your keys (offline)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    pub = isub.add_parser("publish", help="publish your signed identity record")
+    pub.add_argument("--ttl", type=int, default=86400, help="record TTL, seconds (86400)")
+    pub.add_argument("--advertise-v2", action="store_true", help="advertise DMPv2 envelope support")
+    pre = isub.add_parser("refresh-prekeys", help="publish a fresh pool of one-time prekeys")
+    pre.add_argument("--count", type=int, default=25, help="how many prekeys (25)")
+    pre.add_argument("--ttl", type=int, default=86400, help="prekey lifetime, seconds (86400)")
+    rot = isub.add_parser("rotate", help="EXPERIMENTAL: move to a new key (needs --experimental)")
+    rot.add_argument(
+        "--new-passphrase-file",
+        metavar="PATH",
+        help="file holding the new passphrase (else $DMP_NEW_PASSPHRASE, else a prompt)",
+    )
+    rot.add_argument("--ttl", type=int, default=86400, help="record TTL, seconds (86400)")
+    rot.add_argument(
+        "--exp-seconds",
+        type=int,
+        default=365 * 86400,
+        help="rotation record lifetime, seconds (1 year)",
+    )
+    rot.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rot.add_argument(
+        "--reason",
+        choices=("routine", "compromise", "lost_key"),
+        default="routine",
+        help="routine (default); compromise / lost_key also revoke the old key",
+    )
+    rot.add_argument(
+        "--experimental", action="store_true", help="required: the record format may change"
+    )
+    rot.add_argument("--advertise-v2", action="store_true", help="as for identity publish")
+    fetch = isub.add_parser("fetch", help="look up someone's identity record")
+    fetch.add_argument("username", help="user@host, or a user in your own domain")
+    fetch.add_argument("--domain", help="zone to look in (default: yours)")
+    fetch.add_argument("--add", action="store_true", help="pin the result as a contact")
+    fetch.add_argument(
+        "--accept-fingerprint",
+        metavar="HEX16",
+        help="pick this record when several exist (check it out of band first)",
+    )
+    fetch.add_argument("--json", action="store_true", help="print JSON")
+    fetch.add_argument(
+        "--via-bootstrap",
+        action="store_true",
+        help="discover the host's cluster through a pinned bootstrap signer (not supported)",
+    )
+
+    # contacts
+    contacts = sub.add_parser("contacts", help="pinned contacts")
+    csub = contacts.add_subparsers(dest="contacts_command", metavar="ACTION", parser_class=_Parser)
+    csub.required = True
+    cadd = csub.add_parser("add", help="pin a contact by key")
+    cadd.add_argument("name", help="local name (user@host to also record the zone)")
+    cadd.add_argument("pubkey", help="the contact's X25519 public key, 64 hex")
+    cadd.add_argument(
+        "--signing-key", metavar="HEX64", help="the contact's Ed25519 key, 64 hex (pins it)"
+    )
+    csub.add_parser("list", help="list contacts")
+
+    # send / recv
+    send = sub.add_parser("send", help="send an encrypted message")
+    send.add_argument("recipient", help="a contact name or user@host")
+    send.add_argument("message", help="the text to send")
+    recv = sub.add_parser("recv", help="fetch new messages once")
+    mode = recv.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--primary-only", action="store_true", help="only poll claims on your own zone"
+    )
+    mode.add_argument("--skip-primary", action="store_true", help="only walk the mailbox slots")
+
+    # intro
+    intro = sub.add_parser("intro", help="messages from senders you have not pinned")
+    nsub = intro.add_subparsers(dest="intro_command", metavar="ACTION", parser_class=_Parser)
+    nsub.required = True
+    nsub.add_parser("list", help="list pending intros")
+    acc = nsub.add_parser("accept", help="deliver one intro, without pinning its sender")
+    acc.add_argument("intro_id", type=int)
+    tr = nsub.add_parser("trust", help="deliver one intro and pin its sender")
+    tr.add_argument("intro_id", type=int)
+    tr.add_argument("--label", help="contact name (default intro-<key prefix>)")
+    tr.add_argument("--username", help="the sender's identity name on their node")
+    bl = nsub.add_parser("block", help="drop one intro and deny its sender")
+    bl.add_argument("intro_id", type=int)
+    bl.add_argument("--note", default="", help="why, kept with the denylist entry")
+
+    # doctor
+    doc = sub.add_parser("doctor", help="check the config against the node")
+    doc.add_argument(
+        "--repair", action="store_true", help="re-probe the node's DNS port and save it"
+    )
+
+    # register / tsig
+    reg = sub.add_parser("register", help="get a publish token from a multi-tenant node")
+    _registration_flags(reg)
+    tsig = sub.add_parser("tsig", help="DNS UPDATE credentials")
+    tsub = tsig.add_subparsers(dest="tsig_command", metavar="ACTION", parser_class=_Parser)
+    tsub.required = True
+    treg = tsub.add_parser("register", help="get a TSIG key from a node")
+    _registration_flags(treg)
+    treg.add_argument("--dns-server", help="where UPDATEs go (default: the node host)")
+    treg.add_argument("--dns-port", type=int, default=53, help="its port (53; 5353 for dev)")
+
+    # token
+    token = sub.add_parser("token", help="saved per-node publish tokens")
+    ksub = token.add_subparsers(dest="token_command", metavar="ACTION", parser_class=_Parser)
+    ksub.required = True
+    tl = ksub.add_parser("list", help="list saved tokens (never the secrets)")
+    tl.add_argument("--json", action="store_true", help="print JSON")
+    tf = ksub.add_parser("forget", help="delete the saved token for a node")
+    tf.add_argument("node", help="node host name")
+
+    # resolvers
+    res = sub.add_parser("resolvers", help="upstream DNS resolvers")
+    rsub = res.add_subparsers(dest="resolvers_command", metavar="ACTION", parser_class=_Parser)
+    rsub.required = True
+    disc = rsub.add_parser("discover", help="probe well-known public resolvers")
+    disc.add_argument("--save", action="store_true", help="save the working ones")
+    disc.add_argument("--timeout", type=float, default=2.0, help="seconds per probe (2.0)")
+    rsub.add_parser("list", help="print the configured resolvers")
+
+    # node
+    node = sub.add_parser("node", help="run a dmp node in the foreground (dmp-node)")
+    node.add_argument("--db-path", help="sqlite record store")
+    node.add_argument("--dns-port", type=int, help="DNS port")
+    node.add_argument("--http-port", type=int, help="HTTP port")
+    node.add_argument("--dev", action="store_true", help="loopback-only development node")
+    return p
+
+
+def _registration_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", required=True, help="node host name (a scheme is ignored)")
+    p.add_argument("--subject", help="who to register (default: you@your-domain)")
+    p.add_argument(
+        "--scheme", choices=("https", "http"), default="https", help="https (default) or http"
+    )
+
+
+# ---------------------------------------------------------------- context
+
+
+class Context:
+    """What every command needs: where the config lives, output, the environment."""
+
+    def __init__(self, ns: argparse.Namespace, environ: Mapping[str, str]) -> None:
+        from dmp.apps.client.config import config_home, tokens_home
+
+        self.ns = ns
+        self.environ = environ
+        self.home: Path = config_home(ns.config_home, environ)
+        self.tokens_home: Path = tokens_home(self.home, ns.tokens_home, environ)
+        self._config: ClientConfig | None = None
+
+    # -- config
+    @property
+    def config(self) -> ClientConfig:
+        if self._config is None:
+            from dmp.apps.client.config import load_config
+
+            self._config = load_config(self.home)
+        return self._config
+
+    def save(self) -> Path:
+        from dmp.apps.client.config import save_config
+
+        return save_config(self.home, self.config)
+
+    # -- output
+    @staticmethod
+    def out(text: str = "") -> None:
+        print(text, file=sys.stdout)
+
+    @staticmethod
+    def warn(text: str) -> None:
+        print(text, file=sys.stderr)
+
+    @staticmethod
+    def is_tty() -> bool:
+        try:
+            return sys.stdout.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def table(
+        self, headers: Sequence[str], rows: Sequence[Sequence[str]], plain: list[str]
+    ) -> None:
+        """A rich table on a terminal, else the ``plain`` lines."""
+        if self.is_tty():
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(*headers)
+            for row in rows:
+                table.add_row(*row)
+            Console().print(table)
+        else:
+            for line in plain:
+                self.out(line)
+
+    # -- identity
+    def unlock(self) -> IdentityKeys:
+        """Derive our keys from the passphrase, with the ``verify_pubkey`` tripwire.
+
+        Raises:
+            PassphraseError: no passphrase, or it derives another identity.
+        """
+        from dmp.apps.client.config import PassphraseError, read_passphrase
+        from dmp.apps.client.wiring import kdf_params
+        from dmp.domain.crypto import derive_identity
+
+        cfg = self.config
+        prompt = _getpass if _stdin_is_tty() else None
+        passphrase = read_passphrase(cfg, environ=self.environ, prompt=prompt)
+        try:
+            params = kdf_params(self.environ)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        keys = derive_identity(passphrase, cfg.salt if cfg.kdf_salt else None, params)
+        derived = keys.ed25519_public.hex()
+        if not cfg.verify_pubkey:
+            cfg.verify_pubkey = derived
+            self.save()
+        elif cfg.verify_pubkey.lower() != derived:
+            if self.environ.get("DMP_PASSPHRASE_OVERRIDE_VERIFY") == "1":
+                self.warn(
+                    f"warning: this passphrase derives signing key {derived[:16]}…, not "
+                    f"{cfg.verify_pubkey[:16]}… from config.yaml; continuing because "
+                    "DMP_PASSPHRASE_OVERRIDE_VERIFY=1"
+                )
+            else:
+                raise PassphraseError(
+                    f"passphrase mismatch: it derives signing key {derived[:16]}…, but this "
+                    f"config was first used with {cfg.verify_pubkey[:16]}… (a typo? "
+                    "DMP_PASSPHRASE_OVERRIDE_VERIFY=1 bypasses this check once)"
+                )
+        return keys
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _getpass(prompt: str) -> str:
+    import getpass
+
+    return getpass.getpass(prompt)
+
+
+def _hex32(text: str, what: str) -> str:
+    value = text.strip().lower()
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise CliError(f"{what} must be 32 bytes (64 hex characters)")
+    return value
+
+
+def _run(coro_fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one async use case to completion on a fresh event loop."""
+    import anyio
+
+    return anyio.run(coro_fn, *args)
+
+
+# ---------------------------------------------------------------- init
+
+
+def cmd_init(ctx: Context, ns: argparse.Namespace) -> int:
+    import secrets
+
+    from dmp.apps.client.config import CONFIG_FILE, ClientConfig, save_config
+    from dmp.apps.client.wiring import endpoint_host, parse_resolver_list
+
+    path = ctx.home / CONFIG_FILE
+    if path.exists() and not ns.force:
+        raise CliError(f"config already exists at {path} (use --force to overwrite)")
+    username, domain = ns.username.strip(), ns.domain
+    if "@" in username:
+        user, _, host = username.partition("@")
+        if not user or not host:
+            raise CliError(f"both user and host must be non-empty in {username!r}")
+        username = user
+        domain = domain or host
+    if not username or any(c.isspace() for c in username) or "/" in username:
+        raise CliError(f"invalid username {ns.username!r}")
+    domain = (domain or DEFAULT_DOMAIN).strip().rstrip(".").lower()
+    endpoint = (ns.endpoint or "").strip().rstrip("/")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    if ns.no_default_resolvers:
+        resolvers: list[str] = []
+        if ns.dns_resolvers:
+            raise CliError("--dns-resolvers and --no-default-resolvers contradict each other")
+    elif ns.dns_resolvers:
+        try:
+            resolvers = parse_resolver_list(ns.dns_resolvers)
+        except ValueError as exc:
+            raise CliError(f"invalid --dns-resolvers: {exc}") from None
+    else:
+        resolvers = list(DEFAULT_RESOLVERS)
+    if not 1 <= ns.dns_port <= 65535:
+        raise CliError(f"--dns-port {ns.dns_port} is outside 1-65535")
+    cfg = ClientConfig(
+        username=username,
+        domain=domain,
+        endpoint=endpoint,
+        http_token=ns.http_token or None,
+        dns_host=ns.dns_host or None,
+        dns_port=ns.dns_port,
+        dns_resolvers=resolvers,
+        identity_domain=(ns.identity_domain or "").strip().rstrip(".").lower(),
+        kdf_salt=secrets.token_bytes(32).hex(),
+        allow_tofu=bool(ns.allow_tofu),
+        dnssec_required=bool(ns.require_dnssec),
+    )
+    host = endpoint_host(endpoint) if endpoint else ""
+    if host and not ns.no_probe_local_dns:
+        from dmp.apps.client.wiring import probe_node_dns
+
+        port = _run(probe_node_dns, host, PROBE_PORTS)
+        if port is not None:
+            cfg.local_node_dns_server = host
+            cfg.local_node_dns_port = port
+            ctx.out(f"  found the node's DNS at {host}:{port}")
+        else:
+            ctx.warn(
+                f"  note: no dmp node answered DNS on {host} (ports 5353, 53); "
+                "set local_node_dns_server/local_node_dns_port or run `dnsmesh doctor --repair`"
+            )
+    written = save_config(ctx.home, cfg)
+    ctx.out(f"wrote config to {written}")
+    ctx.out(
+        "Next: set DMP_PASSPHRASE (or passphrase_file in the config), then `dnsmesh identity show`."
+    )
+    ctx.out(
+        "Back up this config: without its kdf_salt the passphrase alone cannot recover the identity."
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- identity (offline)
+
+
+def cmd_identity_show(ctx: Context, ns: argparse.Namespace) -> int:
+    keys = ctx.unlock()
+    cfg = ctx.config
+    data = {
+        "username": cfg.username,
+        "domain": cfg.effective_domain,
+        "public_key": keys.x25519_public.hex(),
+        "signing_public_key": keys.ed25519_public.hex(),
+        "user_id": keys.user_id.hex(),
+    }
+    if ns.json:
+        ctx.out(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            ctx.out(f"{key}: {value}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- contacts
+
+
+def cmd_contacts_add(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.config import Contact
+
+    pub = _hex32(ns.pubkey, "public key")
+    spk = ""
+    if ns.signing_key is not None:
+        spk = _hex32(ns.signing_key, "signing key")
+        from dmp.domain.errors import LowOrderKey
+        from dmp.domain.keys import check_verify_key
+
+        try:
+            check_verify_key(bytes.fromhex(spk))
+        except LowOrderKey:
+            raise CliError("signing key is a low-order point and can never be trusted") from None
+    name = ns.name.strip()
+    if not name:
+        raise CliError("contact name must not be empty")
+    cfg = ctx.config
+    cfg.contacts[name] = Contact(pub=pub, spk=spk)
+    ctx.save()
+    if spk:
+        ctx.out(f"added contact {name} (pinned signing key)")
+    else:
+        ctx.out(f"added contact {name}")
+        ctx.warn(
+            "  warning: no signing key pinned for this contact. While no contact has one, "
+            "`dnsmesh recv` trusts any validly signed message on first use; pass "
+            "--signing-key, or use `dnsmesh identity fetch <user@host> --add` to pin both keys."
+        )
+    return EXIT_OK
+
+
+def cmd_contacts_list(ctx: Context, ns: argparse.Namespace) -> int:
+    contacts = ctx.config.contacts
+    if not contacts:
+        ctx.out(
+            "(no contacts yet: `dnsmesh identity fetch <user@host> --add` "
+            "or `dnsmesh contacts add <name> <pubkey_hex>`)"
+        )
+        return EXIT_OK
+    names = sorted(contacts)
+    width = max(len(n) for n in names)
+    rows, plain = [], []
+    for name in names:
+        c = contacts[name]
+        state = "pinned" if c.spk else "UNPINNED"
+        pub = c.pub or "-"
+        rows.append([name, pub, state, c.domain or "-"])
+        plain.append(f"{name:<{width}}  {pub}  ({state})")
+    ctx.table(["name", "x25519 public key", "signing key", "zone"], rows, plain)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- resolvers
+
+
+def cmd_resolvers_list(ctx: Context, ns: argparse.Namespace) -> int:
+    resolvers = ctx.config.dns_resolvers
+    if not resolvers:
+        ctx.out("(no resolvers configured: reads go to the node directly)")
+    for entry in resolvers:
+        ctx.out(entry)
+    return EXIT_OK
+
+
+def cmd_resolvers_discover(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.wiring import PUBLIC_RESOLVERS, probe_resolver
+
+    candidates = list(PUBLIC_RESOLVERS)
+    override = ctx.environ.get("DMP_RESOLVER_CANDIDATES", "").strip()
+    if override:  # test hook: probe these instead of the public list
+        candidates = [("candidate", a.strip()) for a in override.split(",") if a.strip()]
+
+    async def probe_all() -> list[tuple[str, str, float | None, str]]:
+        import anyio
+
+        from dmp.ports.transport import TransportError
+
+        results: list[tuple[str, str, float | None, str]] = [
+            (n, a, None, "") for n, a in candidates
+        ]
+
+        async def one(i: int, name: str, address: str) -> None:
+            try:
+                with anyio.fail_after(ns.timeout + 0.5):
+                    latency = await probe_resolver(address, ns.timeout)
+                results[i] = (name, address, latency, "ok")
+            except (TransportError, TimeoutError, ValueError) as exc:
+                results[i] = (name, address, None, str(exc) or type(exc).__name__)
+
+        async with anyio.create_task_group() as tg:
+            for i, (name, address) in enumerate(candidates):
+                tg.start_soon(one, i, name, address)
+        return results
+
+    results = _run(probe_all)
+    working = [a for _, a, lat, _ in results if lat is not None]
+    rows, plain = [], []
+    for name, address, latency, detail in results:
+        status = f"{latency * 1000:.0f} ms" if latency is not None else "FAIL"
+        rows.append([name, address, status, "" if latency is not None else detail])
+        plain.append(f"{address:<18} {name:<11} {status}")
+    ctx.table(["resolver", "address", "result", "detail"], rows, plain)
+    if not working:
+        raise CliError("no resolver answered", EXIT_NETWORK)
+    if ns.save:
+        ctx.config.dns_resolvers = working
+        path = ctx.save()
+        ctx.out(f"saved {len(working)} resolver(s) to {path}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def _token_files(ctx: Context) -> list[tuple[Path, dict[str, Any]]]:
+    out: list[tuple[Path, dict[str, Any]]] = []
+    if not ctx.tokens_home.is_dir():
+        return out
+    for path in sorted(ctx.tokens_home.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            out.append((path, data))
+    return out
+
+
+def cmd_token_list(ctx: Context, ns: argparse.Namespace) -> int:
+    import time
+
+    entries = []
+    for path, data in _token_files(ctx):
+        expires = data.get("expires_at")
+        entries.append(
+            {
+                "node": str(data.get("node") or path.stem),
+                "subject": str(data.get("subject") or ""),
+                "expires_at": expires,
+                "registered_spk": str(data.get("registered_spk") or ""),
+                "saved_at": data.get("saved_at"),
+                "path": str(path),
+            }
+        )
+    if ns.json:
+        ctx.out(json.dumps(entries, indent=2))
+        return EXIT_OK
+    if not entries:
+        ctx.out("(no saved tokens)")
+        return EXIT_OK
+    now = time.time()
+    rows, plain = [], []
+    for e in entries:
+        exp = e["expires_at"]
+        if isinstance(exp, int | float) and exp:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exp))
+            when += "  (EXPIRED)" if exp < now else ""
+        else:
+            when = "never"
+        rows.append([e["node"], e["subject"], when])
+        plain.append(f"{e['node']}  {e['subject']}  expires {when}")
+    ctx.table(["node", "subject", "expires"], rows, plain)
+    return EXIT_OK
+
+
+def cmd_token_forget(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.wiring import endpoint_host
+
+    host = endpoint_host(ns.node) or ns.node.strip().lower()
+    for path, data in _token_files(ctx):
+        if path.stem.lower() == host or str(data.get("node") or "").lower() == host:
+            path.unlink()
+            ctx.out(f"forgot the token for {host} ({path})")
+            return EXIT_OK
+    raise CliError(f"no saved token for {host}")
+
+
+# ---------------------------------------------------------------- node
+
+
+def cmd_node(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.node.cli import main as node_main
+
+    argv: list[str] = []
+    if ns.dev:
+        argv.append("--dev")
+    if ns.db_path:
+        argv += ["--db-path", ns.db_path]
+    if ns.dns_port is not None:
+        argv += ["--dns-port", str(ns.dns_port)]
+    if ns.http_port is not None:
+        argv += ["--http-port", str(ns.http_port)]
+    return node_main(["serve", *argv], environ=ctx.environ)
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def _not_yet(ctx: Context, ns: argparse.Namespace) -> int:
+    raise CliError("this command is not available in this build yet")
+
+
+COMMANDS: dict[tuple[str, str | None], Callable[[Context, argparse.Namespace], int]] = {
+    ("init", None): cmd_init,
+    ("identity", "show"): cmd_identity_show,
+    ("contacts", "add"): cmd_contacts_add,
+    ("contacts", "list"): cmd_contacts_list,
+    ("resolvers", "list"): cmd_resolvers_list,
+    ("resolvers", "discover"): cmd_resolvers_discover,
+    ("token", "list"): cmd_token_list,
+    ("token", "forget"): cmd_token_forget,
+    ("node", None): cmd_node,
+}
+
+
+def _action(ns: argparse.Namespace) -> str | None:
+    return getattr(ns, f"{ns.command}_command", None)
+
+
+def _exit_code(exc: BaseException) -> int:
+    code = getattr(exc, "exit_code", None)
+    if isinstance(code, int) and code in (EXIT_USER, EXIT_NETWORK):
+        return code
+    return EXIT_USER
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of ``dnsmesh``; returns the exit code.
+
+    Args:
+        argv: arguments without the program name (``sys.argv[1:]`` when None).
+        environ: the environment (``os.environ`` when None).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    try:
+        ns = build_parser().parse_args(args)
+    except SystemExit as exc:  # --help, or a usage error (already printed)
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USER
+    handler = COMMANDS.get((ns.command, _action(ns)), _not_yet)
+    try:
+        return handler(Context(ns, env), ns)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the CLI's single error edge
+        if ns.debug:
+            import traceback
+
+            traceback.print_exception(exc)
+        leaf = _leaf(exc)
+        message = _one_line(leaf)
+        if _is_expected(leaf):
+            code = _exit_code(leaf)
+        else:
+            code = EXIT_USER
+            message = f"unexpected {type(leaf).__name__}: {message} (--debug shows a traceback)"
+        print(f"{PROG}: {message}", file=sys.stderr)
+        return code
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first meaningful exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        inner = [e for e in exc.exceptions if _is_expected(_leaf(e))]
+        exc = inner[0] if inner else exc.exceptions[0]
+    return exc
+
+
+def _is_expected(exc: BaseException) -> bool:
+    """Errors that carry a CLI exit code and a message meant for the user."""
+    if isinstance(exc, CliError | OSError):
+        return True
+    names = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
+    return bool(names & _EXPECTED)
+
+
+_EXPECTED = frozenset(
+    {
+        "dmp.apps.client.config.ConfigError",
+        "dmp.ports.transport.TransportError",
+        "dmp.domain.errors.DmpError",
+    }
+)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
