@@ -633,3 +633,50 @@ async def test_require_dnssec_refuses_unvalidated_answers(node: TxtServer) -> No
     _, query = node.seen[-1]
     assert query.flags & dns.flags.AD
     assert query.ednsflags & dns.flags.DO
+
+
+# ---- against the node's own DNS server ------------------------------------------
+
+
+async def test_claim_sender_and_reader_against_the_node(
+    task_group: anyio.abc.TaskGroup,
+) -> None:
+    """A verifying claim is accepted un-TSIG'd by a claim-provider node; a forged one is REFUSED."""
+    import hashlib
+    import time
+
+    from dmp.adapters.clock import SystemClock
+    from dmp.adapters.dns_server import serve_dns
+    from dmp.adapters.memory_store import MemoryRecordStore
+    from dmp.apps.node.dns_handler import DnsConfig, DnsHandler
+    from dmp.domain.claim import Claim, sign_claim
+    from dmp.domain.keys import ed25519_public_from_seed
+    from dmp.domain.names import claim_owner
+
+    handler = DnsHandler(
+        DnsConfig(served_zone="alice.test", dns_update_enabled=True, claim_provider=True),
+        MemoryRecordStore(),
+        clock=SystemClock(),
+    )
+    port = await task_group.start(serve_dns, handler, LOOPBACK, 0)
+    seed = hashlib.sha256(b"sender").digest()
+    now = int(time.time())
+    claim = Claim(
+        msg_id=bytes(range(16)),
+        sender_spk=ed25519_public_from_seed(seed),
+        sender_mailbox_domain="bob.test",
+        slot=7,
+        ts=now,
+        exp=now + 300,
+    )
+    wire = sign_claim(claim, seed)
+    owner = claim_owner(hashlib.sha256(b"recipient x25519").digest(), 7, "alice.test")
+    sender = UdpClaimSender(targets={ZONE: (LOOPBACK, port)})
+
+    await sender.send_claim(ZONE, owner, wire, 300)
+
+    assert await DirectReader(LOOPBACK, port).query_txt(owner) == [wire]
+    with pytest.raises(PeerRejected) as exc:
+        await sender.send_claim(ZONE, owner, wire[:-8] + "AAAAAAA=", 300)
+    assert exc.value.rcode == dns.rcode.REFUSED
+    assert await DirectReader(LOOPBACK, port).query_txt(owner) == [wire]
