@@ -57,7 +57,7 @@ EXIT_CONFIG = 2
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors and exit code 2."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
 
 

@@ -1,0 +1,371 @@
+"""dmp-node as a real process: startup logs, DNS + HTTP, restart, signals, crash safety.
+
+Each test runs ``python -m dmp.apps.node`` on 127.0.0.1 with port 0 and a
+sqlite store under ``tmp_path``, reads the ports from its ``listening`` log
+lines and talks to it over real sockets. Every wait is bounded; only the
+process started here is signalled, by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import anyio
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import httpx
+import pytest
+
+TOKEN = "node-process-test-token"
+ZONE = "mesh.test"
+LISTEN = re.compile(r"listening (dns udp\+tcp|http) (\S+):(\d+)")
+STARTUP_TIMEOUT_S = 30.0
+
+
+class NodeProcess:
+    """One ``python -m dmp.apps.node`` child with its stderr collected line by line."""
+
+    def __init__(self, tmp: Path, extra_env: Mapping[str, str] | None = None) -> None:
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "DMP_DB_PATH": str(tmp / "node.db"),
+            "DMP_DNS_HOST": "127.0.0.1",
+            "DMP_DNS_PORT": "0",
+            "DMP_HTTP_HOST": "127.0.0.1",
+            "DMP_HTTP_PORT": "0",
+            "DMP_OPERATOR_TOKEN": TOKEN,
+            "DMP_DOMAIN": ZONE,
+            "DMP_DNS_RATE": "0",
+            "DMP_HTTP_RATE": "0",
+            "DMP_LOG_LEVEL": "INFO",
+            **(extra_env or {}),
+        }
+        self.cwd = tmp
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc: subprocess.Popen[str] | None = None
+        self.dns_port = 0
+        self.http_port = 0
+
+    def spawn(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dmp.apps.node", *args],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc is not None
+        stream = self.proc.stderr
+        assert stream is not None
+        with stream:
+            for line in stream:
+                self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = STARTUP_TIMEOUT_S) -> str:
+        """The first new stderr line containing ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"node exited before {pattern!r}:\n" + self.log())
+            self.lines.append(line)
+            if pattern in line:
+                return line
+        raise AssertionError(f"no {pattern!r} within {timeout}s:\n" + self.log())
+
+    def start(self, *args: str) -> NodeProcess:
+        """Spawn and wait for the ``ready`` line; read the bound ports from the log."""
+        self.spawn(*args)
+        self.wait_for(" ready")
+        for line in self.lines:
+            m = LISTEN.search(line)
+            if m and m.group(1) == "http":
+                self.http_port = int(m.group(3))
+            elif m:
+                self.dns_port = int(m.group(3))
+        assert self.dns_port > 0, self.log()
+        assert self.http_port > 0, self.log()
+        return self
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Collect the remaining stderr lines (after the process ended)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            if line is None:
+                return
+            self.lines.append(line)
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-60:])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        rc = self.proc.wait(timeout)
+        self.drain()
+        return rc
+
+    def kill_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+    """Every node a test starts; any still running at the end is SIGKILLed (by pid)."""
+    started: list[NodeProcess] = []
+    yield started
+    for n in started:
+        n.kill_if_running()
+
+
+def new_node(
+    nodes: list[NodeProcess], tmp: Path, extra_env: Mapping[str, str] | None = None
+) -> NodeProcess:
+    n = NodeProcess(tmp, extra_env)
+    nodes.append(n)
+    return n
+
+
+def query(port: int, name: str, rdtype: str = "TXT", *, tcp: bool = False) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, use_edns=0, payload=4096)
+    if tcp:
+        return dns.query.tcp(q, "127.0.0.1", port=port, timeout=5)
+    return dns.query.udp(q, "127.0.0.1", port=port, timeout=5)
+
+
+def txt_values(port: int, name: str) -> set[str]:
+    r = query(port, name)
+    return {b"".join(rd.strings).decode() for rrset in r.answer for rd in rrset}
+
+
+def publish(client: httpx.Client, name: str, value: str, ttl: int = 3600) -> int:
+    r = client.post(
+        f"/v1/records/{name}",
+        json={"value": value, "ttl": ttl},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    return r.status_code
+
+
+def test_startup_logs_dns_health_and_sigterm(nodes: list[NodeProcess], tmp_path: Path) -> None:
+    """The node logs its bound ports, answers DNS and /health, and exits 0 on SIGTERM."""
+    node = new_node(nodes, tmp_path).start()
+    assert any("listening dns udp+tcp 127.0.0.1:" in line for line in node.lines)
+    assert any("listening http 127.0.0.1:" in line for line in node.lines)
+
+    r = query(node.dns_port, f"absent.{ZONE}")
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    assert r.flags & dns.flags.AA
+    with httpx.Client(base_url=node.url, timeout=5) as client:
+        health = client.get("/health")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok"}
+        long_value = "v=dmp1;t=test;" + "x" * 600
+        assert publish(client, f"hello.{ZONE}", long_value) == 201
+    assert txt_values(node.dns_port, f"hello.{ZONE}") == {long_value}
+    assert txt_values(node.dns_port, f"HELLO.{ZONE}") == {long_value}  # case-insensitive
+    tcp = query(node.dns_port, f"hello.{ZONE}", tcp=True)
+    assert tcp.rcode() == dns.rcode.NOERROR
+    assert len(tcp.answer[0][0].strings) == 3  # 614 bytes in 255-byte strings
+
+    node.signal(signal.SIGTERM)
+    assert node.wait() == 0
+    assert any("stopped" in line for line in node.lines), node.log()
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", node.http_port), 1),
+    ):
+        pass
+
+
+def test_sigint_also_stops_cleanly(nodes: list[NodeProcess], tmp_path: Path) -> None:
+    node = new_node(nodes, tmp_path).start()
+
+    node.signal(signal.SIGINT)
+
+    assert node.wait() == 0
+
+
+def test_restart_keeps_data(nodes: list[NodeProcess], tmp_path: Path) -> None:
+    """Records published before a clean stop are served again after a restart."""
+    first = new_node(nodes, tmp_path).start()
+    records = {f"r{i}.{ZONE}": f"value-{i}-" + "y" * (i * 7) for i in range(40)}
+    with httpx.Client(base_url=first.url, timeout=5) as client:
+        for name, value in records.items():
+            assert publish(client, name, value) == 201
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+
+    second = new_node(nodes, tmp_path).start()
+
+    for name, value in records.items():
+        assert txt_values(second.dns_port, name) == {value}, name
+    with httpx.Client(base_url=second.url, timeout=5) as client:
+        stats = client.get("/stats").json()
+    assert stats["records"] == len(records)
+
+
+def test_json_log_format(nodes: list[NodeProcess], tmp_path: Path) -> None:
+    """DMP_LOG_FORMAT=json writes one JSON object per line, with the bound port as a field."""
+    node = new_node(nodes, tmp_path, {"DMP_LOG_FORMAT": "json"})
+    node.spawn()
+    line = node.wait_for('"listening http')
+    entry = json.loads(line)
+    assert entry["service"] == "http"
+    assert isinstance(entry["port"], int)
+    assert entry["port"] > 0
+    assert {"ts", "level", "logger", "msg"} <= entry.keys()
+    node.wait_for('"ready"')
+    node.signal(signal.SIGTERM)
+    assert node.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"DMP_DNS_PORT": "fifty"}, "DMP_DNS_PORT"),
+        ({"DMP_LOG_FORMAT": "yaml"}, "DMP_LOG_FORMAT"),
+        ({"DMP_DNS_UPDATE_ENABLED": "1", "DMP_DOMAIN": ""}, "DMP_DNS_UPDATE_ENABLED"),
+    ],
+)
+def test_configuration_error_exits_2_with_one_line(
+    nodes: list[NodeProcess], tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+    node = new_node(nodes, tmp_path, env)
+    node.spawn()
+
+    assert node.wait() == 2
+    assert len(node.lines) == 1, node.log()
+    assert variable in node.lines[0]
+    assert not (tmp_path / "node.db").exists()  # nothing was started or created
+
+
+def test_busy_port_exits_2_and_leaves_nothing_listening(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """A port that cannot be bound names its variable; the DNS port it had bound is released."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        node = new_node(nodes, tmp_path, {"DMP_HTTP_PORT": str(port)})
+        node.spawn()
+        assert node.wait() == 2
+    tail = node.lines[-1]
+    assert tail.startswith("dmp-node: DMP_HTTP_PORT: cannot listen on 127.0.0.1:"), node.log()
+    dns_line = next(line for line in node.lines if "listening dns" in line)
+    m = LISTEN.search(dns_line)
+    assert m is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", int(m.group(3))))  # free again
+
+
+async def _write_load(
+    url: str,
+    acked: list[tuple[str, str]],
+    stop: anyio.Event,
+    enough: tuple[int, anyio.Event],
+    writers: int,
+    limit: int,
+) -> None:
+    """Concurrent POSTs until ``stop`` or ``limit`` writes; record every 201.
+
+    ``enough = (n, event)``: the event is set once ``n`` writes are acknowledged.
+    """
+    counter = iter(range(limit))
+
+    async def writer(w: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            for i in counter:
+                if stop.is_set():
+                    return
+                name, value = f"w{w}-{i}.{ZONE}", f"payload-{w}-{i}-" + "z" * 200
+                try:
+                    r = await client.post(
+                        f"/v1/records/{name}",
+                        json={"value": value, "ttl": 3600},
+                        headers={"Authorization": f"Bearer {TOKEN}"},
+                    )
+                except httpx.HTTPError:
+                    return  # the node died under us: unacknowledged
+                if r.status_code == 201:
+                    acked.append((name, value))
+                    if len(acked) >= enough[0]:
+                        enough[1].set()
+
+    async with anyio.create_task_group() as tg:
+        for w in range(writers):
+            tg.start_soon(writer, w)
+
+
+def test_sigkill_during_write_load_keeps_every_acknowledged_write(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Every write answered 201 before a SIGKILL is present after the restart."""
+    node = new_node(nodes, tmp_path).start()
+    acked: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        stop, enough = anyio.Event(), anyio.Event()
+
+        async def killer() -> None:
+            with anyio.move_on_after(30):
+                await enough.wait()
+            node.signal(signal.SIGKILL)  # mid-load: writers are still in flight
+            stop.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(killer)
+            tg.start_soon(_write_load, node.url, acked, stop, (400, enough), 16, 50_000)
+
+    anyio.run(scenario)
+    assert node.wait() == -signal.SIGKILL
+    assert len(acked) >= 400
+
+    restarted = new_node(nodes, tmp_path).start()
+    missing = []
+    with httpx.Client(base_url=restarted.url, timeout=10) as client:
+        for name, value in acked:
+            r = client.get(f"/v1/records/{name}", headers={"Authorization": f"Bearer {TOKEN}"})
+            if r.status_code != 200 or value not in r.json()["values"]:
+                missing.append(name)
+    assert missing == [], f"{len(missing)} of {len(acked)} acknowledged writes lost"
+    restarted.signal(signal.SIGTERM)
+    assert restarted.wait() == 0
