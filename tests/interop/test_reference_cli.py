@@ -230,6 +230,31 @@ def test_cross_mode_fetch_and_wrong_token(node: NodeProc, tmp_path: Path) -> Non
     carol2.run("identity", "publish")
     out = alice.run("identity", "fetch", f"carol@{ZONE}", "--add").stdout
     assert carol2.keys()["signing_public_key"] in out
+    # the TSIG user receives from the bearer user (the reference CLI cannot *send*
+    # over TSIG: its UPDATE writer puts >255-byte values in one string)
+    alice.run("identity", "publish")
+    carol2.run("identity", "fetch", f"alice@{ZONE}", "--add")
+    exchange(carol2, alice, "to a TSIG-registered user")
+
+
+def test_doctor_is_happy(node: NodeProc, tmp_path: Path) -> None:
+    """dnsmesh doctor checks /health, the DNS endpoint and the TSIG registration."""
+    alice = User("alice", tmp_path)
+    alice.init(node)
+    alice.run(
+        "tsig",
+        "register",
+        "--node",
+        "127.0.0.1",
+        "--scheme",
+        "http",
+        "--dns-server",
+        "127.0.0.1",
+        "--dns-port",
+        str(DNS_PORT),
+    )
+    out = alice.run("doctor").stdout
+    assert "FAIL" not in out, out
 
 
 @pytest.mark.parametrize("path", ["/health", "/stats"])
