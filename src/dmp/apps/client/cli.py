@@ -389,17 +389,6 @@ def _getpass(prompt: str) -> str:
     return getpass.getpass(prompt)
 
 
-def _hex32(text: str, what: str) -> str:
-    value = text.strip().lower()
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise CliError(f"{what} must be 32 bytes (64 hex characters)")
-    return value
-
-
 def _run(coro_fn: Callable[..., Any], *args: Any) -> Any:
     """Run one async use case to completion on a fresh event loop."""
     import anyio
@@ -460,16 +449,22 @@ def cmd_init(ctx: Context, ns: argparse.Namespace) -> int:
     )
     host = endpoint_host(endpoint) if endpoint else ""
     if host and not ns.no_probe_local_dns:
-        from dmp.apps.client.wiring import probe_node_dns
+        from dmp.apps.client.wiring import parse_resolver, probe_node_dns
 
-        port = _run(probe_node_dns, host, PROBE_PORTS)
+        ports = [p for h, p in map(parse_resolver, resolvers) if h == host]
+        if ns.dns_host and ns.dns_host.strip().lower() == host:
+            ports.append(ns.dns_port)
+        ports += [p for p in PROBE_PORTS if p not in ports]
+        probe_ports = tuple(dict.fromkeys(ports))
+        port = _run(probe_node_dns, host, probe_ports)
         if port is not None:
             cfg.local_node_dns_server = host
             cfg.local_node_dns_port = port
             ctx.out(f"  found the node's DNS at {host}:{port}")
         else:
             ctx.warn(
-                f"  note: no dmp node answered DNS on {host} (ports 5353, 53); "
+                f"  note: no dmp node answered DNS on {host} "
+                f"(ports {', '.join(map(str, probe_ports))}); "
                 "set local_node_dns_server/local_node_dns_port or run `dnsmesh doctor --repair`"
             )
     written = save_config(ctx.home, cfg)
@@ -504,30 +499,204 @@ def cmd_identity_show(ctx: Context, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _use_cases(ctx: Context, fn: Callable[[Any], Any], *, needs_writer: bool = False) -> Any:
+    """Unlock, build the adapters (wiring), run ``await fn(deps)``, close everything."""
+    from dmp.apps.client.wiring import NO_WRITER_REASON, has_writer, open_deps
+
+    cfg = ctx.config
+    if needs_writer and not has_writer(cfg):
+        raise CliError(f"{NO_WRITER_REASON} (config: {ctx.home / 'config.yaml'})")
+    keys = ctx.unlock()
+
+    async def go() -> Any:
+        async with open_deps(
+            cfg, keys, home=ctx.home, tokens_dir=ctx.tokens_home, environ=ctx.environ
+        ) as deps:
+            return await fn(deps)
+
+    return _run(go)
+
+
+def _owner_text(owner: Any) -> str:
+    return str(owner.to_text(omit_final_dot=True))
+
+
+def cmd_identity_publish(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.identity import publish_identity
+
+    if ns.ttl < 1:
+        raise CliError("--ttl must be positive")
+    done = _use_cases(
+        ctx,
+        lambda deps: publish_identity(deps, ttl=ns.ttl, advertise_v2=ns.advertise_v2),
+        needs_writer=True,
+    )
+    ctx.out(f"published identity to {_owner_text(done.owner)}")
+    ctx.out(f"  fingerprint: {done.fingerprint}")
+    ctx.out(f"  others can resolve you with: dnsmesh identity fetch {ctx.config.address}")
+    return EXIT_OK
+
+
+def cmd_identity_refresh_prekeys(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.identity import refresh_prekeys
+
+    if ns.count < 1:
+        raise CliError("--count must be at least 1")
+    if ns.ttl < 1:
+        raise CliError("--ttl must be positive")
+
+    async def go(deps: Any) -> tuple[Any, int]:
+        done = await refresh_prekeys(deps, count=ns.count, ttl=ns.ttl)
+        return done, len(deps.prekeys.ids())
+
+    done, live = _use_cases(ctx, go, needs_writer=True)
+    ctx.out(f"published {len(done.prekey_ids)}/{ns.count} prekeys to {_owner_text(done.owner)}")
+    ctx.out(f"  local live prekey count: {live}")
+    return EXIT_OK
+
+
+def cmd_identity_fetch(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.identity import fetch_identity
+
+    if ns.via_bootstrap:
+        raise CliError("--via-bootstrap (cluster discovery) is not supported by dmp yet")
+    who = ns.username.strip()
+    if not who or who.startswith("@") or who.endswith("@"):
+        raise CliError(f"invalid user {ns.username!r}: expected user or user@host")
+    found = _use_cases(
+        ctx,
+        lambda deps: fetch_identity(
+            deps,
+            who,
+            domain=ns.domain,
+            add=ns.add,
+            accept_fingerprint=ns.accept_fingerprint,
+        ),
+    )
+    rec = found.record
+    if ns.json:
+        data = {
+            "username": rec.username,
+            "address": found.address,
+            "public_key": rec.x25519_public.hex(),
+            "signing_public_key": rec.ed25519_public.hex(),
+            "ts": rec.ts,
+            "dns_name": _owner_text(found.chosen.owner),
+            "fingerprint": found.fingerprint,
+        }
+        if found.contact_name:
+            data["contact"] = found.contact_name
+        ctx.out(json.dumps(data, indent=2))
+    else:
+        ctx.out(f"address:            {found.address}")
+        ctx.out(f"username:           {rec.username}")
+        ctx.out(f"public_key:         {rec.x25519_public.hex()}")
+        ctx.out(f"signing_public_key: {rec.ed25519_public.hex()}")
+        ctx.out(f"fingerprint:        {found.fingerprint}")
+        ctx.out(f"published at:       {rec.ts}")
+        ctx.out(f"found at:           {_owner_text(found.chosen.owner)}")
+    for fp in found.dropped:
+        ctx.warn(f"  ignored revoked or superseded identity {fp}")
+    if found.contact_name:
+        if found.rotated_from is not None:
+            ctx.warn(
+                f"  pin of {found.contact_name} follows a verified key rotation from "
+                f"{found.rotated_from.hex()[:16]}…"
+            )
+        if not ns.json:
+            ctx.out(f"added contact {found.contact_name} (pinned signing key)")
+    return EXIT_OK
+
+
+def _new_passphrase(ctx: Context, ns: argparse.Namespace) -> str:
+    if ns.new_passphrase_file:
+        path = Path(ns.new_passphrase_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    elif "DMP_NEW_PASSPHRASE" in ctx.environ:
+        text = ctx.environ["DMP_NEW_PASSPHRASE"]
+    elif _stdin_is_tty():
+        text = _getpass("New passphrase: ")
+        if _getpass("New passphrase again: ") != text:
+            raise CliError("the two new passphrases differ")
+    else:
+        raise CliError("no new passphrase: use --new-passphrase-file or DMP_NEW_PASSPHRASE")
+    if not text:
+        raise CliError("the new passphrase is empty")
+    return text
+
+
+def cmd_identity_rotate(ctx: Context, ns: argparse.Namespace) -> int:
+    if not ns.experimental:
+        raise CliError(
+            "identity rotate is experimental (its record format may still change): "
+            "pass --experimental to use it"
+        )
+    from dmp.apps.client.identity import rotate_identity
+    from dmp.apps.client.wiring import kdf_params
+    from dmp.domain.crypto import derive_identity
+    from dmp.domain.rotation import RevocationReason
+
+    cfg = ctx.config
+    new_pass = _new_passphrase(ctx, ns)
+    new_keys = derive_identity(
+        new_pass, cfg.salt if cfg.kdf_salt else None, kdf_params(ctx.environ)
+    )
+    if not ns.yes:
+        if not _stdin_is_tty():
+            raise CliError("refusing to rotate without confirmation: pass --yes")
+        answer = input(
+            f"Rotate {cfg.address} to signing key {new_keys.ed25519_public.hex()[:16]}… "
+            f"(reason {ns.reason})? Type 'yes': "
+        )
+        if answer.strip().lower() != "yes":
+            raise CliError("rotation cancelled")
+    reason = RevocationReason[ns.reason.upper()]
+    done = _use_cases(
+        ctx,
+        lambda deps: rotate_identity(
+            deps,
+            new_keys,
+            reason=reason,
+            ttl=ns.ttl,
+            exp_seconds=ns.exp_seconds,
+            advertise_v2=ns.advertise_v2,
+        ),
+        needs_writer=True,
+    )
+    cfg.verify_pubkey = new_keys.ed25519_public.hex()
+    if ns.new_passphrase_file and cfg.passphrase_file:
+        cfg.passphrase_file = str(Path(ns.new_passphrase_file).expanduser())
+    ctx.save()
+    ctx.out(f"published rotation to {_owner_text(done.rotation_owner)}")
+    if done.revocation is not None:
+        ctx.out(f"  revoked the old key ({ns.reason})")
+    ctx.out(f"published new identity to {_owner_text(done.identity.owner)}")
+    ctx.out(f"  new signing key: {new_keys.ed25519_public.hex()}")
+    ctx.out("  from now on, use the NEW passphrase")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- contacts
 
 
 def cmd_contacts_add(ctx: Context, ns: argparse.Namespace) -> int:
-    from dmp.apps.client.config import Contact
+    from dmp.apps.client.contacts import add_contact
+    from dmp.domain.errors import LowOrderKey
+    from dmp.domain.keys import check_verify_key
 
-    pub = _hex32(ns.pubkey, "public key")
-    spk = ""
-    if ns.signing_key is not None:
-        spk = _hex32(ns.signing_key, "signing key")
-        from dmp.domain.errors import LowOrderKey
-        from dmp.domain.keys import check_verify_key
-
+    name = ns.name.strip()
+    cfg = ctx.config
+    contact = add_contact(cfg, name, ns.pubkey, signing_key_hex=ns.signing_key)
+    if contact.spk:
         try:
-            check_verify_key(bytes.fromhex(spk))
+            check_verify_key(bytes.fromhex(contact.spk))
         except LowOrderKey:
             raise CliError("signing key is a low-order point and can never be trusted") from None
-    name = ns.name.strip()
-    if not name:
-        raise CliError("contact name must not be empty")
-    cfg = ctx.config
-    cfg.contacts[name] = Contact(pub=pub, spk=spk)
     ctx.save()
-    if spk:
+    if contact.spk:
         ctx.out(f"added contact {name} (pinned signing key)")
     else:
         ctx.out(f"added contact {name}")
@@ -540,22 +709,22 @@ def cmd_contacts_add(ctx: Context, ns: argparse.Namespace) -> int:
 
 
 def cmd_contacts_list(ctx: Context, ns: argparse.Namespace) -> int:
-    contacts = ctx.config.contacts
-    if not contacts:
+    from dmp.apps.client.contacts import list_contacts
+
+    views = list_contacts(ctx.config)
+    if not views:
         ctx.out(
             "(no contacts yet: `dnsmesh identity fetch <user@host> --add` "
             "or `dnsmesh contacts add <name> <pubkey_hex>`)"
         )
         return EXIT_OK
-    names = sorted(contacts)
-    width = max(len(n) for n in names)
+    width = max(len(v.name) for v in views)
     rows, plain = [], []
-    for name in names:
-        c = contacts[name]
-        state = "pinned" if c.spk else "UNPINNED"
-        pub = c.pub or "-"
-        rows.append([name, pub, state, c.domain or "-"])
-        plain.append(f"{name:<{width}}  {pub}  ({state})")
+    for v in views:
+        state = "pinned" if v.pinned else "UNPINNED"
+        pub = v.contact.pub or "-" * 64
+        rows.append([v.name, pub, state, v.zone])
+        plain.append(f"{v.name:<{width}}  {pub}  ({state})")
     ctx.table(["name", "x25519 public key", "signing key", "zone"], rows, plain)
     return EXIT_OK
 
@@ -713,6 +882,10 @@ def _not_yet(ctx: Context, ns: argparse.Namespace) -> int:
 COMMANDS: dict[tuple[str, str | None], Callable[[Context, argparse.Namespace], int]] = {
     ("init", None): cmd_init,
     ("identity", "show"): cmd_identity_show,
+    ("identity", "publish"): cmd_identity_publish,
+    ("identity", "refresh-prekeys"): cmd_identity_refresh_prekeys,
+    ("identity", "fetch"): cmd_identity_fetch,
+    ("identity", "rotate"): cmd_identity_rotate,
     ("contacts", "add"): cmd_contacts_add,
     ("contacts", "list"): cmd_contacts_list,
     ("resolvers", "list"): cmd_resolvers_list,

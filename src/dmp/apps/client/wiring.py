@@ -27,13 +27,18 @@ using the real parameters.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dmp.domain.crypto import KdfParams
+    from dmp.apps.client.config import ClientConfig
+    from dmp.apps.client.deps import ClientDeps
+    from dmp.domain.crypto import IdentityKeys, KdfParams
+    from dmp.ports.transport import ClaimSender, RecordReader, RecordWriter
 
 __all__ = [
     "DEFAULT_DNS_PORT",
@@ -41,6 +46,7 @@ __all__ = [
     "PUBLIC_RESOLVERS",
     "endpoint_host",
     "kdf_params",
+    "open_deps",
     "parse_resolver",
     "parse_resolver_list",
     "probe_node_dns",
@@ -195,3 +201,215 @@ def endpoint_host(endpoint: str) -> str:
 
     text = endpoint if "://" in endpoint else f"https://{endpoint}"
     return (urlsplit(text).hostname or "").lower()
+
+
+# ---------------------------------------------------------------- composition
+
+
+def _system_nameservers(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
+    """The ``nameserver`` lines of resolv.conf that are IP literals."""
+    out: list[tuple[str, int]] = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                out.append(parse_resolver(parts[1].split("%")[0]))
+    return out
+
+
+def node_dns_server(config: ClientConfig) -> tuple[str, int] | None:
+    """Where our own node answers DNS: ``local_node_dns_*``, else the TSIG server, else None."""
+    if config.local_node_dns_server and config.local_node_dns_port:
+        return config.local_node_dns_server, int(config.local_node_dns_port)
+    if config.tsig_dns_server:
+        return config.tsig_dns_server, int(config.tsig_dns_port or DEFAULT_DNS_PORT)
+    return None
+
+
+def build_reader(config: ClientConfig) -> RecordReader:
+    """The TXT reader: the resolver pool, else ``dns_host``, else our node, else resolv.conf.
+
+    Raises:
+        ConfigError: a ``dns_resolvers`` entry is invalid, or no DNS server is known.
+    """
+    from dmp.adapters.dns_client import DirectReader, ResolverPool
+    from dmp.apps.client.config import ConfigError
+
+    if config.dns_resolvers:
+        try:
+            upstreams = [parse_resolver(e) for e in config.dns_resolvers]
+        except ValueError as exc:
+            raise ConfigError(f"dns_resolvers in config.yaml: {exc}") from None
+        return ResolverPool(upstreams, require_dnssec=config.dnssec_required)
+    if config.dns_host:
+        return DirectReader(config.dns_host, int(config.dns_port or DEFAULT_DNS_PORT))
+    node = node_dns_server(config)
+    if node is not None:
+        return DirectReader(*node)
+    system = _system_nameservers()
+    if not system:
+        raise ConfigError("no DNS resolver configured: set dns_resolvers or dns_host")
+    return ResolverPool(system, require_dnssec=config.dnssec_required)
+
+
+class _NoWriter:
+    """The writer when neither a TSIG key nor an endpoint is configured."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def publish(self, owner: Any, value: str, ttl: int) -> None:
+        from dmp.ports.transport import PeerUnreachable
+
+        raise PeerUnreachable(self.reason)
+
+    async def delete(self, owner: Any, value: str | None = None) -> None:
+        from dmp.ports.transport import PeerUnreachable
+
+        raise PeerUnreachable(self.reason)
+
+
+NO_WRITER_REASON = (
+    "no way to publish: configure an endpoint (`dnsmesh init --endpoint URL`) "
+    "or register a TSIG key (`dnsmesh tsig register`)"
+)
+
+
+def has_writer(config: ClientConfig) -> bool:
+    """Whether the config can publish (a TSIG block or an endpoint)."""
+    return bool((config.tsig_key_name and config.tsig_secret_hex) or config.endpoint)
+
+
+def build_writer(config: ClientConfig, tokens_dir: Path, now: float) -> RecordWriter:
+    """TSIG block ⇒ DNS UPDATE + TSIG; else HTTP bearer (explicit token, else the saved one).
+
+    Raises:
+        ConfigError: the TSIG block is malformed.
+    """
+    from dmp.apps.client.config import ConfigError
+
+    if config.tsig_key_name and config.tsig_secret_hex:
+        from dmp.adapters.dns_client import TsigUpdateWriter
+
+        try:
+            secret = bytes.fromhex(config.tsig_secret_hex)
+        except ValueError:
+            raise ConfigError("tsig_secret_hex in config.yaml is not hex") from None
+        host = config.tsig_dns_server or endpoint_host(config.endpoint)
+        if not host:
+            raise ConfigError("tsig_dns_server is empty in config.yaml")
+        zone = (config.tsig_zone or config.effective_domain).rstrip(".") + "."
+        return TsigUpdateWriter(
+            (host, int(config.tsig_dns_port or DEFAULT_DNS_PORT)),
+            zone,
+            config.tsig_key_name,
+            secret,
+            config.tsig_algorithm or "hmac-sha256",
+        )
+    if not config.endpoint:
+        return _NoWriter(NO_WRITER_REASON)
+    from dmp.adapters.http_client import BearerWriter
+
+    token = config.http_token
+    if not token:
+        from dmp.adapters.client_state import FileTokenFiles
+        from dmp.ports.client_state import ClientStateError
+
+        try:
+            saved = FileTokenFiles(tokens_dir).load(endpoint_host(config.endpoint))
+        except ClientStateError:
+            saved = None
+        if saved is not None and saved.is_usable(int(now)):
+            token = saved.token
+    return BearerWriter(config.endpoint, token or None)
+
+
+def build_claim_sender(config: ClientConfig, environ: Mapping[str, str]) -> ClaimSender:
+    """Un-TSIG'd claim UPDATEs; claims for our own zone go to our node when we know it.
+
+    Raises:
+        ConfigError: ``DMP_PROVIDER_DNS_PORT`` is not a port number.
+    """
+    import dns.name
+
+    from dmp.adapters.dns_client import UdpClaimSender
+    from dmp.apps.client.config import ConfigError
+
+    text = environ.get("DMP_PROVIDER_DNS_PORT", "").strip()
+    try:
+        port = int(text) if text else DEFAULT_DNS_PORT
+    except ValueError:
+        raise ConfigError(f"DMP_PROVIDER_DNS_PORT={text!r} is not a port number") from None
+    targets: dict[dns.name.Name, tuple[str, int]] = {}
+    node = node_dns_server(config)
+    if node is not None:
+        for zone in {config.effective_domain, config.domain.rstrip("."), config.tsig_zone}:
+            if zone:
+                targets[dns.name.from_text(zone.rstrip(".") + ".")] = node
+    return UdpClaimSender(port, targets=targets)
+
+
+@contextlib.asynccontextmanager
+async def open_deps(
+    config: ClientConfig,
+    keys: IdentityKeys,
+    *,
+    home: Path,
+    tokens_dir: Path,
+    environ: Mapping[str, str] | None = None,
+) -> AsyncIterator[ClientDeps]:
+    """Build :class:`ClientDeps` with the concrete adapters; closes them on exit.
+
+    Args:
+        config: the loaded configuration (changes are saved to ``home``).
+        keys: the unlocked identity.
+        home: the config home (state files live beside ``config.yaml``).
+        tokens_dir: the tokens home.
+        environ: the environment (``os.environ`` when None).
+
+    Raises:
+        ConfigError: the configuration cannot be turned into adapters.
+    """
+    import random
+
+    from dmp.adapters.client_state import (
+        FileTokenFiles,
+        JsonReplayCache,
+        SqliteIntroQueue,
+        SqlitePrekeyStore,
+    )
+    from dmp.adapters.clock import SystemClock
+    from dmp.apps.client.config import save_config
+    from dmp.apps.client.deps import ClientDeps
+
+    env = os.environ if environ is None else environ
+    clock = SystemClock()
+    writer = build_writer(config, tokens_dir, clock.now())
+    prekeys = SqlitePrekeyStore(home / "prekeys.db")
+    intros = SqliteIntroQueue(home / "intros.db")
+    deps = ClientDeps(
+        config=config,
+        keys=keys,
+        clock=clock,
+        reader=build_reader(config),
+        writer=writer,
+        claim_sender=build_claim_sender(config, env),
+        replay=JsonReplayCache(home / "replay_cache.json"),
+        prekeys=prekeys,
+        intros=intros,
+        tokens=FileTokenFiles(tokens_dir),
+        rng=random.SystemRandom(),
+        persist_config=lambda cfg: save_config(home, cfg),
+    )
+    try:
+        yield deps
+    finally:
+        aclose = getattr(writer, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        prekeys.close()
+        intros.close()
