@@ -182,7 +182,9 @@ class DnsConfig:
         claim_max_ttl: ``DMP_CLAIM_MAX_TTL``, seconds (claim ``exp − now`` and TTL).
         claim_rate: ``DMP_CLAIM_RATE_PER_USER_PER_SEC``, per recipient hash12.
         claim_burst: ``DMP_CLAIM_RATE_BURST``.
-        answer_cache_size: *dmp*, rendered answers kept (FIFO eviction).
+        answer_cache_size: *dmp*, rendered answers kept (FIFO eviction); an
+            entry costs ~500 bytes plus its answer, so the default bounds a
+            random-name flood to ~35 MB of negative answers.
         answer_cache_max_age_s: *dmp*, longest an entry is served, seconds.
         edns_payload: *dmp*, the UDP payload size we advertise in our OPT.
     """
@@ -205,7 +207,7 @@ class DnsConfig:
     claim_max_ttl: int = 86400
     claim_rate: float = 0.5
     claim_burst: float = 30.0
-    answer_cache_size: int = 200_000
+    answer_cache_size: int = 65_536
     answer_cache_max_age_s: float = 60.0
     edns_payload: int = 1232
 
@@ -253,11 +255,6 @@ def _parse_plain_query(wire: bytes) -> tuple[bytes, int, int, int] | None:
     return key, qname_end, qend, payload if payload > _MIN_UDP else _MIN_UDP
 
 
-def _split_body(body: bytes, qend: int) -> tuple[int, bytes, bytes]:
-    """A rendered reply as (flags byte without RD, bytes 3..12, bytes after the question)."""
-    return body[2] & 0xFE, body[3:12], body[qend:]
-
-
 def _header_reply(wire: bytes, rcode: int) -> bytes:
     """A 12-byte reply echoing ID, opcode and RD, with ``rcode`` and zero counts."""
     flags = 0x8000 | (wire[2] & 0x79) << 8 | (rcode & 0xF)
@@ -275,22 +272,8 @@ def _peer_host(peer: Any) -> Any:
     return peer[0] if isinstance(peer, tuple) else peer
 
 
-class _CacheEntry:
-    __slots__ = ("full", "full_len", "qname", "tc", "valid_until")
-
-    def __init__(
-        self,
-        qname: bytes,
-        full: tuple[int, bytes, bytes],
-        full_len: int,
-        tc: tuple[int, bytes, bytes],
-        valid_until: float,
-    ) -> None:
-        self.qname = qname
-        self.full = full
-        self.full_len = full_len
-        self.tc = tc
-        self.valid_until = valid_until
+_CacheEntry = tuple[float, bytes, "bytes | None", int]
+"""``(valid_until, full reply, truncated reply or None when full ≤ 512 bytes, qname length)``."""
 
 
 @attrs.frozen
@@ -345,7 +328,7 @@ class DnsHandler:
         self._apex = self._build_apex()
         # answer cache
         self._cache: dict[bytes, _CacheEntry] = {}
-        self._by_qname: dict[bytes, set[bytes]] = {}
+        self._by_qname: dict[bytes, list[bytes]] = {}
         self._reading: dict[bytes, int] = {}
         self._dirty: set[bytes] = set()
         self._epoch = 0
@@ -424,14 +407,18 @@ class DnsHandler:
         cache = self._cache
         if key not in cache and len(cache) >= self.config.answer_cache_size:
             old_key = next(iter(cache))
-            old = cache.pop(old_key)
-            siblings = self._by_qname.get(old.qname)
+            old_qname = old_key[: cache.pop(old_key)[3]]
+            siblings = self._by_qname.get(old_qname)
             if siblings is not None:
-                siblings.discard(old_key)
+                if old_key in siblings:
+                    siblings.remove(old_key)
                 if not siblings:
-                    del self._by_qname[old.qname]
+                    del self._by_qname[old_qname]
+        elif key in cache:
+            cache[key] = entry
+            return
         cache[key] = entry
-        self._by_qname.setdefault(entry.qname, set()).add(key)
+        self._by_qname.setdefault(key[: entry[3]], []).append(key)
 
     @property
     def cache_size(self) -> int:
@@ -462,19 +449,26 @@ class DnsHandler:
         if entry is None:
             return None
         now = self._clock.now()
-        if now >= entry.valid_until:
+        if now >= entry[0]:
             return None
         buckets = self._buckets[transport]
         if buckets.rate > 0 and not buckets.allow(_peer_host(peer), now):
             self.counters["rate_limited"] += 1
             return DROP
+        body = entry[1]
+        if transport == "udp" and len(body) > parsed[3]:
+            body = entry[2] or body  # entry[2] exists whenever len(body) > 512
         qend = parsed[2]
-        if transport == "udp" and entry.full_len > parsed[3]:
-            flags, mid, tail = entry.tc
-        else:
-            flags, mid, tail = entry.full
         self.cache_hits += 1
-        return b"".join((wire[:2], _BYTE[flags | (wire[2] & 1)], mid, wire[12:qend], tail))
+        return b"".join(
+            (
+                wire[:2],
+                _BYTE[(body[2] & 0xFE) | (wire[2] & 1)],
+                body[3:12],
+                wire[12:qend],
+                body[qend:],
+            )
+        )
 
     # -- slow path -------------------------------------------------------
 
@@ -578,22 +572,12 @@ class DnsHandler:
         full = resp.to_wire(max_size=_MAX_WIRE)  # raises TooBig → SERVFAIL
         limit = max(_MIN_UDP, query.payload) if query.edns >= 0 else _MIN_UDP
         tc: bytes | None = None
-        if len(full) > limit or cacheable:
+        if len(full) > _MIN_UDP:
             tc = self._render_truncated(query, resp)
         if parsed is not None and cacheable and not stale and valid_until is not None:
-            key, _, qend, _ = parsed
+            key, qname_end, _, _ = parsed
             valid_until = min(valid_until, now + self.config.answer_cache_max_age_s)
-            assert tc is not None
-            self._cache_put(
-                key,
-                _CacheEntry(
-                    qname_wire,
-                    _split_body(full, qend),
-                    len(full),
-                    _split_body(tc, qend),
-                    valid_until,
-                ),
-            )
+            self._cache_put(key, (valid_until, full, tc, qname_end - 12))
         if transport == "udp" and len(full) > limit:
             assert tc is not None
             return tc
