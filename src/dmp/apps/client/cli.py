@@ -729,6 +729,381 @@ def cmd_contacts_list(ctx: Context, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- send / recv
+
+
+def cmd_send(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.messaging import send_message
+
+    if not ns.message:
+        raise CliError("the message is empty")
+    done = _use_cases(
+        ctx, lambda deps: send_message(deps, ns.recipient, ns.message), needs_writer=True
+    )
+    prekey = f"prekey {done.prekey_id}" if done.prekey_id else "long-term key"
+    ctx.out(
+        f"sent → {done.recipient} ({done.total_chunks} chunks, {prekey}) "
+        f"(+ {done.claims_sent}/{done.claims_attempted} claim publishes)"
+    )
+    for line in done.claim_errors:
+        ctx.warn(f"  claim not accepted: {line}")
+    if done.claims_attempted and not done.claims_sent:
+        ctx.warn(
+            "  warning: no claim was accepted; the recipient still finds the message "
+            "by walking your zone once they have pinned you"
+        )
+    return EXIT_OK
+
+
+def _sender_name(label: str, contact: str | None, spk: bytes) -> str:
+    if label:
+        return label
+    if contact:
+        return contact
+    return f"{spk.hex()[:16]}... (unpinned sender)"
+
+
+def _print_message(ctx: Context, who: str, ts: int, body: bytes) -> None:
+    ctx.out(f"from {who}")
+    ctx.out(f"  ts={ts}")
+    for line in body.decode("utf-8", errors="replace").splitlines() or [""]:
+        ctx.out(f"  {line}")
+    ctx.out()
+
+
+def cmd_recv(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.messaging import receive_messages
+
+    got = _use_cases(
+        ctx,
+        lambda deps: receive_messages(
+            deps, primary_only=ns.primary_only, skip_primary=ns.skip_primary
+        ),
+    )
+    for msg in got.delivered:
+        _print_message(
+            ctx,
+            _sender_name(msg.sender_label, msg.contact, msg.sender_spk),
+            msg.timestamp,
+            msg.body,
+        )
+    if not got.delivered:
+        ctx.out("(no new messages)")
+    if got.queued:
+        ctx.out(
+            f"({len(got.queued)} new first-contact message(s) from unpinned senders: "
+            "`dnsmesh intro list`)"
+        )
+    if got.failed_lookups:
+        ctx.warn(f"  warning: {got.failed_lookups} of {got.lookups} DNS lookups failed")
+    if got.prekey_deletes_failed:
+        ctx.warn(
+            f"  warning: {got.prekey_deletes_failed} used prekey record(s) could not be "
+            "deleted from DNS"
+        )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- intro
+
+
+def _intro_queue(ctx: Context) -> Any:
+    from dmp.apps.client.wiring import open_intro_queue
+
+    ctx.config  # noqa: B018 - a missing config is the error to report first
+    return open_intro_queue(ctx.home)
+
+
+def cmd_intro_list(ctx: Context, ns: argparse.Namespace) -> int:
+    import time
+
+    from dmp.apps.client.intros import list_intros
+
+    queue = _intro_queue(ctx)
+    try:
+        intros = list_intros(queue)
+    finally:
+        queue.close()
+    if not intros:
+        ctx.out("(no pending intros)")
+        return EXIT_OK
+    rows, plain = [], []
+    for i in intros:
+        who = i.sender_label or f"spk {i.sender_spk.hex()[:16]}…"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.ts))
+        text = i.body.decode("utf-8", errors="replace")
+        rows.append([str(i.intro_id), who, i.sender_zone, when, text])
+        plain.append(f"#{i.intro_id}  from {who}  zone {i.sender_zone}  ts={i.ts}")
+        plain += [f"    {line}" for line in text.splitlines() or [""]]
+    ctx.table(["id", "from", "zone", "sent", "message"], rows, plain)
+    ctx.out(
+        "accept: `dnsmesh intro accept <id>` · trust and pin: `dnsmesh intro trust <id>` · block: `dnsmesh intro block <id>`"
+    )
+    return EXIT_OK
+
+
+def cmd_intro_accept(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.intros import accept_intro
+
+    queue = _intro_queue(ctx)
+    try:
+        intro = accept_intro(queue, ns.intro_id)
+    finally:
+        queue.close()
+    who = intro.sender_label or f"{intro.sender_spk.hex()[:16]}... (unpinned sender)"
+    _print_message(ctx, who, intro.ts, intro.body)
+    return EXIT_OK
+
+
+def cmd_intro_trust(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.intros import trust_intro
+
+    queue = _intro_queue(ctx)
+    try:
+        intro, name = trust_intro(
+            queue, ctx.config, ns.intro_id, label=ns.label, username=ns.username
+        )
+        ctx.save()
+    finally:
+        queue.close()
+    _print_message(ctx, intro.sender_label or name, intro.ts, intro.body)
+    ctx.out(f"pinned {name} (signing key {intro.sender_spk.hex()[:16]}…, zone {intro.sender_zone})")
+    contact = ctx.config.contacts[name]
+    if not contact.pub:
+        ctx.out(
+            "  to reply, fetch their encryption key: "
+            f"`dnsmesh identity fetch {contact.username or '<user>'}@{intro.sender_zone} --add`"
+        )
+    return EXIT_OK
+
+
+def cmd_intro_block(ctx: Context, ns: argparse.Namespace) -> int:
+    import time
+
+    from dmp.apps.client.intros import block_intro
+
+    queue = _intro_queue(ctx)
+    try:
+        intro = block_intro(queue, ns.intro_id, now=int(time.time()), note=ns.note)
+    finally:
+        queue.close()
+    ctx.out(
+        f"blocked sender {intro.sender_spk.hex()[:16]}… (intro #{intro.intro_id} dropped; "
+        "later messages from this key are ignored)"
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- registration
+
+
+def _registration_url(ns: argparse.Namespace) -> tuple[str, str]:
+    from dmp.ports.client_state import node_host
+
+    host = node_host(ns.node)
+    return host, f"{ns.scheme}://{host}"
+
+
+def cmd_register(ctx: Context, ns: argparse.Namespace) -> int:
+    import time
+
+    from dmp.adapters.client_state import FileTokenFiles
+    from dmp.adapters.http_client import RegistrationClient
+    from dmp.apps.client.registration import register
+
+    host, url = _registration_url(ns)
+    keys = ctx.unlock()
+    tokens = FileTokenFiles(ctx.tokens_home)
+
+    async def go() -> Any:
+        async with RegistrationClient(url) as api:
+            return await register(
+                api,
+                host,
+                keys=keys,
+                config=ctx.config,
+                tokens=tokens,
+                now=int(time.time()),
+                subject=ns.subject,
+            )
+
+    saved = _run(go)
+    ctx.out(f"registered {saved.subject} on {host}")
+    ctx.out(f"  token saved to {tokens.path_for(host)}")
+    ctx.out(f"  expires: {_utc(saved.expires_at)}")
+    endpoint_host = ctx.config.endpoint and _registration_host(ctx.config.endpoint)
+    if endpoint_host != host:
+        ctx.out(
+            f"  note: your endpoint is {ctx.config.endpoint or '(none)'}; the token is used for writes to {host} only"
+        )
+    return EXIT_OK
+
+
+def _registration_host(endpoint: str) -> str:
+    from dmp.ports.client_state import ClientStateError, node_host
+
+    try:
+        return node_host(endpoint)
+    except ClientStateError:
+        return ""
+
+
+def _utc(ts: int | None) -> str:
+    import time
+
+    if ts is None:
+        return "never"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def cmd_tsig_register(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.adapters.http_client import RegistrationClient
+    from dmp.apps.client.config import save_config
+    from dmp.apps.client.registration import tsig_register
+
+    if not 1 <= ns.dns_port <= 65535:
+        raise CliError(f"--dns-port {ns.dns_port} is outside 1-65535")
+    host, url = _registration_url(ns)
+    keys = ctx.unlock()
+    cfg = ctx.config
+
+    async def go() -> Any:
+        async with RegistrationClient(url) as api:
+            return await tsig_register(
+                api,
+                host,
+                keys=keys,
+                config=cfg,
+                subject=ns.subject,
+                dns_server=ns.dns_server,
+                dns_port=ns.dns_port,
+                persist=lambda c: save_config(ctx.home, c),
+            )
+
+    done = _run(go)
+    ctx.out(f"registered {done.subject} on {host}")
+    ctx.out(f"  TSIG key:  {done.key_name}")
+    ctx.out(f"  algorithm: {done.algorithm}")
+    ctx.out(f"  zone:      {done.zone}")
+    ctx.out(f"  DNS:       {done.dns_server}:{done.dns_port}/udp")
+    ctx.out("  scope:")
+    for suffix in sorted(done.allowed_suffixes):
+        ctx.out(f"    - {suffix}")
+    ctx.out(f"  expires:   {_utc(done.expires_at)}")
+    ctx.out(
+        "  from now on `dnsmesh identity publish` and `dnsmesh send` write with DNS UPDATE + TSIG"
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- doctor
+
+
+def cmd_doctor(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client.wiring import PUBLIC_RESOLVER_ADDRESSES, endpoint_host, probe_node_dns
+
+    cfg = ctx.config
+    checks: list[tuple[str, str, str]] = []
+
+    async def health() -> str:
+        from dmp.adapters.http_client import RegistrationClient
+
+        async with RegistrationClient(cfg.endpoint, timeout=5.0) as api:
+            body = await api.health()
+        return str(body.get("status", "?"))
+
+    if cfg.endpoint:
+        from dmp.ports.transport import TransportError
+
+        try:
+            status = _run(health)
+        except TransportError as exc:
+            checks.append(("FAIL", "endpoint reachable", _one_line(exc)))
+        else:
+            verdict = "PASS" if status == "ok" else "WARN"
+            checks.append((verdict, "endpoint reachable", f"{cfg.endpoint}/health says {status!r}"))
+    else:
+        checks.append(("INFO", "endpoint", "none configured (writes need a TSIG key)"))
+
+    host = cfg.local_node_dns_server or (endpoint_host(cfg.endpoint) if cfg.endpoint else "")
+    if host:
+        ports = [cfg.local_node_dns_port] if cfg.local_node_dns_port else []
+        ports += [p for p in PROBE_PORTS if p not in ports]
+        if ns.repair and cfg.local_node_dns_port:
+            ports = [p for p in PROBE_PORTS]
+        found = _run(probe_node_dns, host, tuple(ports))
+        if found is None:
+            verdict = "FAIL" if cfg.local_node_dns_port else "WARN"
+            checks.append(
+                (
+                    verdict,
+                    "local DNS endpoint responds",
+                    f"no dmp node answered DNS on {host} (ports {', '.join(map(str, ports))})",
+                )
+            )
+        elif found == cfg.local_node_dns_port and host == cfg.local_node_dns_server:
+            checks.append(
+                ("PASS", "local DNS endpoint responds", f"{host}:{found} answered a probe")
+            )
+        elif ns.repair:
+            cfg.local_node_dns_server, cfg.local_node_dns_port = host, found
+            ctx.save()
+            checks.append(
+                (
+                    "PASS",
+                    "local DNS endpoint responds",
+                    f"{host}:{found} answered; saved as local_node_dns_server/port",
+                )
+            )
+        else:
+            checks.append(
+                (
+                    "WARN",
+                    "local DNS endpoint responds",
+                    f"{host}:{found} answered but is not saved; run `dnsmesh doctor --repair`",
+                )
+            )
+    if cfg.dns_host and cfg.dns_host in PUBLIC_RESOLVER_ADDRESSES:
+        checks.append(
+            ("WARN", "dns_host", f"{cfg.dns_host} is a public recursive resolver, not your node")
+        )
+    if cfg.tsig_key_name and cfg.tsig_secret_hex:
+        checks.append(
+            (
+                "PASS",
+                "TSIG registered",
+                f"key={cfg.tsig_key_name} zone={cfg.tsig_zone} server={cfg.tsig_dns_server}:{cfg.tsig_dns_port}",
+            )
+        )
+    else:
+        checks.append(
+            (
+                "INFO",
+                "TSIG registered",
+                "no (writes go over HTTP; `dnsmesh tsig register` switches to DNS UPDATE)",
+            )
+        )
+
+    ctx.out()
+    ctx.out("CONFIG")
+    ctx.out("------")
+    ctx.out(f"  config: {ctx.home / 'config.yaml'}")
+    ctx.out(f"  username: {cfg.username}")
+    ctx.out(f"  domain: {cfg.effective_domain}")
+    ctx.out(f"  endpoint: {cfg.endpoint or '(none)'}")
+    ctx.out(f"  resolvers: {', '.join(cfg.dns_resolvers) or '(none)'}")
+    ctx.out()
+    ctx.out("CHECKS")
+    ctx.out("------")
+    for verdict, name, detail in checks:
+        ctx.out(f"  {verdict:<5} {name}")
+        ctx.out(f"        {detail}")
+    failed = [c for c in checks if c[0] == "FAIL"]
+    ctx.out()
+    ctx.out(f"DOCTOR: {len(failed)} problem(s)" if failed else "DOCTOR: clean")
+    return EXIT_USER if failed else EXIT_OK
+
+
 # ---------------------------------------------------------------- resolvers
 
 
@@ -791,67 +1166,50 @@ def cmd_resolvers_discover(ctx: Context, ns: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- tokens
 
 
-def _token_files(ctx: Context) -> list[tuple[Path, dict[str, Any]]]:
-    out: list[tuple[Path, dict[str, Any]]] = []
-    if not ctx.tokens_home.is_dir():
-        return out
-    for path in sorted(ctx.tokens_home.glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            out.append((path, data))
-    return out
-
-
 def cmd_token_list(ctx: Context, ns: argparse.Namespace) -> int:
     import time
 
-    entries = []
-    for path, data in _token_files(ctx):
-        expires = data.get("expires_at")
-        entries.append(
-            {
-                "node": str(data.get("node") or path.stem),
-                "subject": str(data.get("subject") or ""),
-                "expires_at": expires,
-                "registered_spk": str(data.get("registered_spk") or ""),
-                "saved_at": data.get("saved_at"),
-                "path": str(path),
-            }
-        )
+    from dmp.adapters.client_state import FileTokenFiles
+
+    tokens = FileTokenFiles(ctx.tokens_home)
+    saved = tokens.list()
     if ns.json:
+        entries = [
+            {
+                "node": t.node,
+                "subject": t.subject,
+                "expires_at": t.expires_at,
+                "registered_spk": t.registered_spk,
+                "saved_at": t.saved_at,
+                "path": str(tokens.path_for(t.node)),
+            }
+            for t in saved
+        ]
         ctx.out(json.dumps(entries, indent=2))
         return EXIT_OK
-    if not entries:
+    if not saved:
         ctx.out("(no saved tokens)")
         return EXIT_OK
-    now = time.time()
+    now = int(time.time())
     rows, plain = [], []
-    for e in entries:
-        exp = e["expires_at"]
-        if isinstance(exp, int | float) and exp:
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exp))
-            when += "  (EXPIRED)" if exp < now else ""
-        else:
-            when = "never"
-        rows.append([e["node"], e["subject"], when])
-        plain.append(f"{e['node']}  {e['subject']}  expires {when}")
+    for t in saved:
+        when = _utc(t.expires_at) + ("" if t.is_usable(now) else "  (EXPIRED)")
+        rows.append([t.node, t.subject, when])
+        plain.append(f"{t.node}  {t.subject}  expires {when}")
     ctx.table(["node", "subject", "expires"], rows, plain)
     return EXIT_OK
 
 
 def cmd_token_forget(ctx: Context, ns: argparse.Namespace) -> int:
-    from dmp.apps.client.wiring import endpoint_host
+    from dmp.adapters.client_state import FileTokenFiles
+    from dmp.ports.client_state import node_host
 
-    host = endpoint_host(ns.node) or ns.node.strip().lower()
-    for path, data in _token_files(ctx):
-        if path.stem.lower() == host or str(data.get("node") or "").lower() == host:
-            path.unlink()
-            ctx.out(f"forgot the token for {host} ({path})")
-            return EXIT_OK
-    raise CliError(f"no saved token for {host}")
+    tokens = FileTokenFiles(ctx.tokens_home)
+    host = node_host(ns.node)
+    if not tokens.forget(host):
+        raise CliError(f"no saved token for {host}")
+    ctx.out(f"forgot the token for {host}")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- node
@@ -887,6 +1245,15 @@ COMMANDS: dict[tuple[str, str | None], Callable[[Context, argparse.Namespace], i
     ("identity", "fetch"): cmd_identity_fetch,
     ("identity", "rotate"): cmd_identity_rotate,
     ("contacts", "add"): cmd_contacts_add,
+    ("send", None): cmd_send,
+    ("recv", None): cmd_recv,
+    ("intro", "list"): cmd_intro_list,
+    ("intro", "accept"): cmd_intro_accept,
+    ("intro", "trust"): cmd_intro_trust,
+    ("intro", "block"): cmd_intro_block,
+    ("register", None): cmd_register,
+    ("tsig", "register"): cmd_tsig_register,
+    ("doctor", None): cmd_doctor,
     ("contacts", "list"): cmd_contacts_list,
     ("resolvers", "list"): cmd_resolvers_list,
     ("resolvers", "discover"): cmd_resolvers_discover,

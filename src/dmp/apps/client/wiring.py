@@ -43,10 +43,18 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_DNS_PORT",
     "KDF_PROFILE_ENV",
+    "NO_WRITER_REASON",
     "PUBLIC_RESOLVERS",
+    "PUBLIC_RESOLVER_ADDRESSES",
+    "build_claim_sender",
+    "build_reader",
+    "build_writer",
     "endpoint_host",
+    "has_writer",
     "kdf_params",
+    "node_dns_server",
     "open_deps",
+    "open_intro_queue",
     "parse_resolver",
     "parse_resolver_list",
     "probe_node_dns",
@@ -67,6 +75,8 @@ PUBLIC_RESOLVERS: tuple[tuple[str, str], ...] = (
     ("OpenDNS", "208.67.222.222"),
     ("OpenDNS", "208.67.220.220"),
 )
+
+PUBLIC_RESOLVER_ADDRESSES = frozenset(a for _, a in PUBLIC_RESOLVERS)
 
 
 def kdf_params(environ: Mapping[str, str] | None = None) -> KdfParams:
@@ -320,7 +330,7 @@ def build_writer(config: ClientConfig, tokens_dir: Path, now: float) -> RecordWr
         from dmp.ports.client_state import ClientStateError
 
         try:
-            saved = FileTokenFiles(tokens_dir).load(endpoint_host(config.endpoint))
+            saved = FileTokenFiles(tokens_dir).load(config.endpoint)
         except ClientStateError:
             saved = None
         if saved is not None and saved.is_usable(int(now)):
@@ -351,6 +361,13 @@ def build_claim_sender(config: ClientConfig, environ: Mapping[str, str]) -> Clai
             if zone:
                 targets[dns.name.from_text(zone.rstrip(".") + ".")] = node
     return UdpClaimSender(port, targets=targets)
+
+
+def open_intro_queue(home: Path) -> Any:
+    """The intro queue and denylist in ``<home>/intros.db`` (close it after use)."""
+    from dmp.adapters.client_state import SqliteIntroQueue
+
+    return SqliteIntroQueue(home / "intros.db")
 
 
 @contextlib.asynccontextmanager
