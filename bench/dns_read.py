@@ -51,6 +51,10 @@ REPO = Path(__file__).resolve().parents[1]
 ZONE = "mesh.test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIXES = ("hit", "mix50", "miss", "hot")
+KEYNAME = "bench-00000000-000000.mesh.test."
+TSIG_SECRET = bytes(range(32))
+TSIG_SCOPES = ("chunk-*-*.mesh.test", "slot-*.mb-*.mesh.test")
+WRITE_VALUE = "v=dmp1;t=chunk;d=" + "A" * 224  # 241 bytes, a chunk-sized record
 
 # -- corpus -----------------------------------------------------------------
 
@@ -112,13 +116,21 @@ async def _serve(args: argparse.Namespace) -> None:
     now = clock.now()
     for name, value in records:
         await store.put(name, value, 86400, now)
+    from dmp.adapters.memory_store import MemoryTsigKeyStore
+    from dmp.ports.store import TsigKey
+
+    keys = MemoryTsigKeyStore()
+    await keys.put(
+        TsigKey(KEYNAME, TSIG_SECRET, "hmac-sha256", TSIG_SCOPES, "bench@mesh.test", "00", 0, 2**40)
+    )
     config = DnsConfig(
         served_zone=ZONE,
         apex_ns=("ns1.mesh.test",),
         apex_soa_rname="hostmaster.mesh.test",
         dns_rate=0,
+        dns_update_enabled=True,
     )
-    handler = DnsHandler(config, store, clock=clock)
+    handler = DnsHandler(config, store, clock=clock, tsig_keys=keys)
     async with anyio.create_task_group() as tg:
         port = await tg.start(serve_dns, handler, "127.0.0.1", 0)
         print(f"PORT {port}", flush=True)
@@ -300,6 +312,78 @@ def _drive(
     return asyncio.run(_python_load(port, queries[mix], secs, inflight, qps))
 
 
+def serial_updates(port: int, count: int, secs: float) -> dict[str, Any]:
+    """One dnspython client, one signed UPDATE at a time (like the CLI writer)."""
+    import dns.name
+    import dns.query
+    import dns.rcode
+    import dns.tsig
+    import dns.update
+
+    key = dns.tsig.Key(KEYNAME, TSIG_SECRET, "hmac-sha256")
+    lats: list[float] = []
+    ok = 0
+    t0 = time.perf_counter()
+    for i in range(count):
+        if time.perf_counter() - t0 > secs:
+            break
+        u = dns.update.UpdateMessage(ZONE, keyring=key)
+        u.add(dns.name.from_text(f"chunk-{i}-serial000000.{ZONE}."), 300, "TXT", WRITE_VALUE)
+        start = time.perf_counter()
+        reply = dns.query.udp(u, "127.0.0.1", port=port, timeout=2)
+        lats.append((time.perf_counter() - start) * 1000)
+        ok += reply.rcode() == dns.rcode.NOERROR
+    elapsed = time.perf_counter() - t0
+    lats.sort()
+    return {
+        "completed": ok,
+        "sent": len(lats),
+        "qps": ok / elapsed,
+        "p50_ms": pct(lats, 50),
+        "p99_ms": pct(lats, 99),
+    }
+
+
+def dnsperf_updates(port: int, work: Path, secs: float, inflight: int) -> dict[str, Any]:
+    """``dnsperf -u -y``: signed UPDATEs with ``inflight`` outstanding."""
+    path = work / "updates.txt"
+    with path.open("w") as fh:
+        for i in range(200_000):
+            fh.write(f'{ZONE}\nadd chunk-{i}-perf00000000 300 TXT "{WRITE_VALUE}"\nsend\n')
+    secret = base64.b64encode(TSIG_SECRET).decode()
+    cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(path), "-u", "-t", "2"]
+    cmd += ["-y", f"hmac-sha256:{KEYNAME}:{secret}", "-q", str(inflight), "-l", str(secs)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60).stdout
+    res: dict[str, Any] = {}
+    for key, rx in _DNSPERF.items():
+        m = re.search(rx.pattern.replace("Queries", "Updates"), out)
+        res[key] = float(m.group(1)) if m else None
+    m = re.search(r"Response codes:\s+(.*)", out)
+    res["rcodes"] = m.group(1).strip() if m else None
+    return res
+
+
+def measure_updates(
+    args: argparse.Namespace, pid: int, port: int, work: Path
+) -> list[dict[str, Any]]:
+    results = []
+    runs: list[tuple[str, Any]] = [
+        ("serial (dnspython)", lambda: serial_updates(port, 100_000, args.secs))
+    ]
+    if shutil.which("dnsperf"):
+        runs.append(("20 in flight (dnsperf)", lambda: dnsperf_updates(port, work, args.secs, 20)))
+    for load, fn in runs:
+        cpu0 = proc_cpu_s(pid)
+        res = fn()
+        cpu = proc_cpu_s(pid) - cpu0
+        res.update(mix="update", load=load)
+        if res.get("completed"):
+            res["cpu_us_per_q"] = round(cpu / res["completed"] * 1e6, 1)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd")
@@ -314,6 +398,8 @@ def main() -> None:
     ap.add_argument("--fixed-qps", type=int, default=200)
     ap.add_argument("--mixes", nargs="+", default=list(MIXES), choices=MIXES)
     ap.add_argument("--driver", choices=("auto", "dnsperf", "python"), default="auto")
+    ap.add_argument("--updates", action="store_true", help="also measure TSIG UPDATE writes/s")
+    ap.add_argument("--only-updates", action="store_true", help="skip the read runs")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     if args.cmd == "serve":
@@ -342,7 +428,9 @@ def main() -> None:
                 "rss_kib_idle": proc_rss_kib(child.pid),
             }
             print(json.dumps(meta), flush=True)
-            results = measure(args, child.pid, port, work, queries)
+            results = [] if args.only_updates else measure(args, child.pid, port, work, queries)
+            if args.updates or args.only_updates:
+                results += measure_updates(args, child.pid, port, work)
         finally:
             child.send_signal(signal.SIGTERM)
             try:

@@ -83,6 +83,8 @@ zone is set (else REFUSED):
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import struct
@@ -145,6 +147,18 @@ _TSIG_FUDGE: Final = 300
 _BYTE: Final = tuple(bytes((i,)) for i in range(256))
 _STD_QUERY_COUNTS: Final = b"\x00\x01\x00\x00\x00\x00"  # QD=1 AN=0 NS=0
 _MB_SCOPE_RE: Final = re.compile(r"mb-([0-9a-f]{12})\..+")
+_RR_FIXED: Final = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_TSIG_TIME: Final = struct.Struct("!HIHH")  # time high, time low, fudge, MAC size
+_TSIG_TAIL: Final = struct.Struct("!HHH")  # original id, error, other length
+_TSIG_CLASS_TTL: Final = b"\x00\xff\x00\x00\x00\x00"  # class ANY, TTL 0 (RFC 8945 §4.3.3)
+_FAST_DIGESTS: Final = {
+    "hmac-sha1": hashlib.sha1,
+    "hmac-sha224": hashlib.sha224,
+    "hmac-sha256": hashlib.sha256,
+    "hmac-sha384": hashlib.sha384,
+    "hmac-sha512": hashlib.sha512,
+}
+_PLAIN_LABEL_BYTES: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*"
 
 
 def _zone_converter(value: str | None) -> str | None:
@@ -268,6 +282,75 @@ def _name_wire(name: dns.name.Name) -> bytes:
     return wire
 
 
+def _owner_wire(owner: str) -> bytes | None:
+    """The lowercase wire form of an owner's text (``None`` when it is not a valid name)."""
+    text = owner.rstrip(".").lower()
+    raw = text.encode("utf-8", "surrogateescape")
+    labels = raw.split(b".") if raw else []
+    if (
+        raw.isascii()
+        and not raw.translate(None, _PLAIN_LABEL_BYTES + b".")
+        and all(0 < len(label) <= 63 for label in labels)
+        and len(raw) < 254
+    ):
+        return b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
+    try:
+        return _name_wire(dns.name.from_text(text + ".")).lower()
+    except (dns.exception.DNSException, ValueError):
+        return None
+
+
+def _read_name(wire: bytes, pos: int) -> tuple[list[bytes], int] | None:
+    """Labels of the (possibly compressed) name at ``pos`` and the offset after it.
+
+    Only backward pointers are followed; anything malformed gives ``None``.
+    """
+    labels: list[bytes] = []
+    end = -1
+    total = 1
+    n = len(wire)
+    while True:
+        if pos >= n:
+            return None
+        length = wire[pos]
+        if length == 0:
+            return labels, (pos + 1 if end < 0 else end)
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= n:
+                return None
+            target = (length & 0x3F) << 8 | wire[pos + 1]
+            if target >= pos:
+                return None
+            if end < 0:
+                end = pos + 2
+            pos = target
+            continue
+        if length > 63 or pos + 1 + length > n:
+            return None
+        total += length + 1
+        if total > 255:
+            return None
+        labels.append(wire[pos + 1 : pos + 1 + length])
+        pos += 1 + length
+
+
+def _canonical_wire(labels: list[bytes]) -> bytes:
+    """The lowercase, uncompressed wire form of a name (RFC 8945 digest form)."""
+    return b"".join(bytes((len(label),)) + label.lower() for label in labels) + b"\0"
+
+
+@attrs.frozen
+class _FastKey:
+    """A TSIG key ready for the hand-rolled UPDATE path."""
+
+    name: bytes  # canonical wire
+    algorithm: bytes  # canonical wire
+    digest: Any
+    digest_size: int
+    secret: bytes
+    meta: TsigKey
+
+
 def _peer_host(peer: Any) -> Any:
     return peer[0] if isinstance(peer, tuple) else peer
 
@@ -300,8 +383,10 @@ class DnsHandler:
         clock: time for store reads, expiry, rate limits and claim checks.
             TSIG signing and checking use wall time inside dnspython.
         tsig_keys: the TSIG keystore; ``None`` means no key verifies.
-        wall: wall-clock seconds for the ``other_data`` of a BADTIME reply
-            (dnspython itself checks TSIG time against ``time.time()``).
+        wall: wall-clock seconds for TSIG time checks and signatures
+            (dnspython's own path reads ``time.time()``).
+        fast_updates: take the hand-rolled path for the common TSIG UPDATE
+            shape (one TXT RR, one TSIG RR); off only to compare paths in tests.
     """
 
     def __init__(
@@ -312,6 +397,7 @@ class DnsHandler:
         clock: Clock,
         tsig_keys: TsigKeyStore | None = None,
         wall: Callable[[], float] = time.time,
+        fast_updates: bool = True,
     ) -> None:
         self.config = config
         self._wall_now = wall
@@ -335,10 +421,16 @@ class DnsHandler:
         # TSIG keyring, rebuilt when the keystore's generation moves
         self._keyring_gen: int | None = None
         self._keyring: dict[dns.name.Name, tuple[dns.tsig.Key, TsigKey]] = {}
+        self._fast_keys: dict[bytes, _FastKey] = {}
+        self._fast_updates = fast_updates
+        self._zone_labels = (
+            tuple(label.lower() for label in self._zone.labels[:-1]) if self._zone else ()
+        )
         self._registered_h12: frozenset[str] = frozenset()
         self.counters: Counter[str] = Counter()
         self.cache_hits = 0
         add_listener = getattr(store, "add_listener", None)
+        self._store_notifies = callable(add_listener)
         if callable(add_listener):
             add_listener(self.invalidate)
 
@@ -386,10 +478,8 @@ class DnsHandler:
         if owner is None:
             self._flush()
             return
-        try:
-            qname = _name_wire(dns.name.from_text(owner.rstrip(".") + ".")).lower()
-        except (dns.exception.DNSException, ValueError):
-            self._flush()
+        qname = _owner_wire(owner)
+        if qname is None:  # not a DNS name, so nothing can be cached under it
             return
         keys = self._by_qname.pop(qname, None)
         if keys:
@@ -657,19 +747,33 @@ class DnsHandler:
             return
         keys = await keystore.active(now)
         keyring: dict[dns.name.Name, tuple[dns.tsig.Key, TsigKey]] = {}
+        fast: dict[bytes, _FastKey] = {}
         registered: set[str] = set()
         for key in keys:
             try:
                 name = dns.name.from_text(key.keyname)
-                keyring[name] = (dns.tsig.Key(name, key.secret, key.algorithm), key)
+                tsig_key = dns.tsig.Key(name, key.secret, key.algorithm)
+                keyring[name] = (tsig_key, key)
             except (dns.exception.DNSException, ValueError):
                 _log.warning("TSIG key %r has an unusable name or algorithm", key.keyname)
                 continue
+            algorithm = tsig_key.algorithm.to_text(omit_final_dot=True).lower()
+            digest = _FAST_DIGESTS.get(algorithm)
+            if digest is not None:
+                fast[_canonical_wire(list(name.labels[:-1]))] = _FastKey(
+                    _canonical_wire(list(name.labels[:-1])),
+                    _canonical_wire(list(tsig_key.algorithm.labels[:-1])),
+                    digest,
+                    digest().digest_size,
+                    key.secret,
+                    key,
+                )
             for suffix in key.allowed_suffixes:
                 match = _MB_SCOPE_RE.fullmatch(suffix)
                 if match is not None:
                     registered.add(match.group(1))
         self._keyring = keyring
+        self._fast_keys = fast
         self._registered_h12 = frozenset(registered)
         self._keyring_gen = generation
 
@@ -749,6 +853,10 @@ class DnsHandler:
             self.counters["update_refused"] += 1
             return resp.to_wire(max_size=_MAX_WIRE)
         await self._refresh_keyring(now)
+        if self._fast_updates:
+            fast = self._parse_fast_update(wire)
+            if fast is not None:
+                return await self._fast_update(wire, now, *fast)
         parsed = self._parse(wire)
         if not isinstance(parsed, dns.message.Message):
             return parsed
@@ -767,6 +875,160 @@ class DnsHandler:
         else:
             self.counters["update_ok"] += 1
         return resp.to_wire(max_size=_MAX_WIRE)
+
+    def _parse_fast_update(self, wire: bytes) -> tuple[_Op, _FastKey, int, bytes] | None:
+        """Parse and verify the common signed UPDATE without dnspython.
+
+        Handles exactly: opcode UPDATE, one zone RR (the served zone, SOA, IN),
+        no prerequisites, one TXT update RR (ADD, delete-one or delete-all) at
+        a plain owner under the zone, and one TSIG RR with error 0 whose
+        HMAC (SHA-1/224/256/384/512, untruncated) verifies with an active key
+        within its fudge (RFC 8945 §4.3, §5.2). Anything else, including every
+        failure, returns ``None`` so dnspython's path decides and answers.
+
+        Returns:
+            ``(op, key, end of the zone section, request MAC)`` or ``None``.
+        """
+        n = len(wire)
+        zone_wire = self._zone_wire
+        zone_end = 12 + len(zone_wire)
+        if (
+            n < zone_end + 4
+            or (wire[2] & 0xF8) != 0x28
+            or wire[4:12] != b"\x00\x01\x00\x00\x00\x01\x00\x01"
+            or wire[12:zone_end].lower() != zone_wire
+            or wire[zone_end : zone_end + 4] != b"\x00\x06\x00\x01"
+        ):
+            return None
+        read = _read_name(wire, zone_end + 4)
+        if read is None:
+            return None
+        labels, pos = read
+        if pos + 10 > n:
+            return None
+        rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(wire, pos)
+        pos += 10
+        tsig_start = pos + rdlen
+        if rtype != dns.rdatatype.TXT or tsig_start > n:
+            return None
+        zl = self._zone_labels
+        if len(labels) < len(zl) or tuple(x.lower() for x in labels[len(labels) - len(zl) :]) != zl:
+            return None
+        if any(label.translate(None, _PLAIN_LABEL_BYTES) for label in labels):
+            return None
+        owner = b".".join(labels).decode("ascii").lower()
+        if rclass == dns.rdataclass.ANY and rdlen == 0:
+            op = _Op(UpdateOp.DELETE, owner, None)
+        elif rclass in (dns.rdataclass.IN, dns.rdataclass.NONE) and rdlen:
+            strings = []
+            i = pos
+            while i < tsig_start:
+                length = wire[i]
+                if i + 1 + length > tsig_start:
+                    return None
+                strings.append(wire[i + 1 : i + 1 + length])
+                i += 1 + length
+            try:
+                value = b"".join(strings).decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            if rclass == dns.rdataclass.IN:
+                op = _Op(UpdateOp.ADD, owner, value, ttl)
+            else:
+                op = _Op(UpdateOp.DELETE, owner, value)
+        else:
+            return None
+        # the TSIG RR
+        read = _read_name(wire, tsig_start)
+        if read is None:
+            return None
+        key_labels, pos = read
+        if pos + 10 > n:
+            return None
+        ttype, tclass, _, trdlen = _RR_FIXED.unpack_from(wire, pos)
+        pos += 10
+        if ttype != dns.rdatatype.TSIG or tclass != dns.rdataclass.ANY or pos + trdlen != n:
+            return None
+        read = _read_name(wire, pos)
+        if read is None:
+            return None
+        alg_labels, pos = read
+        if pos + 10 > n:
+            return None
+        time_hi, time_lo, fudge, mac_len = _TSIG_TIME.unpack_from(wire, pos)
+        time_vars = wire[pos : pos + 8]
+        pos += 10
+        mac = wire[pos : pos + mac_len]
+        pos += mac_len
+        if pos + 6 > n:
+            return None
+        original_id, error, other_len = _TSIG_TAIL.unpack_from(wire, pos)
+        pos += 6
+        other = wire[pos : pos + other_len]
+        if pos + other_len != n or error:
+            return None
+        key = self._fast_keys.get(_canonical_wire(key_labels))
+        if (
+            key is None
+            or key.algorithm != _canonical_wire(alg_labels)
+            or len(mac) != key.digest_size
+            or key.meta.revoked
+            or key.meta.expires_at <= self._clock.now()
+            or abs(int(self._wall_now()) - (time_hi << 32 | time_lo)) > fudge
+        ):
+            return None
+        digest = hmac.new(key.secret, digestmod=key.digest)
+        digest.update(original_id.to_bytes(2, "big") + wire[2:10] + b"\x00\x00")
+        digest.update(wire[12:tsig_start])
+        digest.update(key.name + _TSIG_CLASS_TTL + key.algorithm + time_vars)
+        digest.update(_TSIG_TAIL.pack(0, 0, other_len)[2:] + other)
+        if not hmac.compare_digest(digest.digest(), mac):
+            return None
+        return op, key, zone_end + 4, mac
+
+    async def _fast_update(
+        self, wire: bytes, now: float, op: _Op, key: _FastKey, question_end: int, request_mac: bytes
+    ) -> bytes:
+        """Apply a verified fast-path UPDATE and answer with a signed reply."""
+        rcode: int = dns.rcode.NOERROR
+        try:
+            await self._apply_ops([op], key.meta, now)
+        except _UpdateRefusal as refusal:
+            _log.info("UPDATE %s: %s", dns.rcode.to_text(refusal.rcode), refusal.reason)
+            self.counters["update_" + dns.rcode.to_text(refusal.rcode).lower()] += 1
+            rcode = refusal.rcode
+        except StoreError:
+            _log.exception("UPDATE: store write failed")
+            self.counters["update_servfail"] += 1
+            rcode = dns.rcode.SERVFAIL
+        else:
+            self.counters["update_ok"] += 1
+        self.counters["update_fast"] += 1
+        # RFC 8945 §5.3: MAC over the request MAC, the reply, then the TSIG variables.
+        flags = 0xA800 | (wire[2] & 0x01) << 8 | (rcode & 0xF)
+        body = wire[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 0) + wire[12:question_end]
+        signed_at = int(self._wall_now())
+        time_vars = struct.pack("!HIH", signed_at >> 32 & 0xFFFF, signed_at & 0xFFFFFFFF, 300)
+        digest = hmac.new(key.secret, digestmod=key.digest)
+        digest.update(len(request_mac).to_bytes(2, "big") + request_mac + body)
+        digest.update(key.name + _TSIG_CLASS_TTL + key.algorithm + time_vars + b"\x00" * 4)
+        mac = digest.digest()
+        rdata = (
+            key.algorithm
+            + time_vars
+            + len(mac).to_bytes(2, "big")
+            + mac
+            + wire[:2]
+            + b"\x00" * 4  # error 0, other length 0
+        )
+        return (
+            body[:10]
+            + b"\x00\x01"
+            + body[12:]
+            + key.name
+            + _RR_FIXED.pack(dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata))
+            + rdata
+        )
 
     def _collect_ops(self, query: dns.message.Message) -> list[_Op]:
         zone = self._zone
@@ -845,16 +1107,23 @@ class DnsHandler:
                 )
 
     async def _apply_update(self, query: dns.message.Message, now: float) -> None:
-        cfg = self.config
-        zone = self._zone
-        assert zone is not None
         ops = self._collect_ops(query)
-        claim_keys: list[str] = []
+        meta: TsigKey | None = None
         if query.had_tsig:
             found = self._keyring.get(query.keyname) if query.keyname is not None else None
             if found is None:  # the key vanished between parse and here
                 raise _UpdateRefusal(dns.rcode.NOTAUTH, "TSIG key is no longer active")
-            scopes = found[1].allowed_suffixes
+            meta = found[1]
+        await self._apply_ops(ops, meta, now)
+
+    async def _apply_ops(self, ops: list[_Op], meta: TsigKey | None, now: float) -> None:
+        """Authorize (scope or claim rules), check caps, then write: raises :class:`_UpdateRefusal`."""
+        cfg = self.config
+        zone = self._zone
+        assert zone is not None
+        claim_keys: list[str] = []
+        if meta is not None:
+            scopes = meta.allowed_suffixes
             for op in ops:
                 decision = authorize(scopes, op.kind, op.owner)
                 if isinstance(decision, Refused):
@@ -907,4 +1176,5 @@ class DnsHandler:
             except StoreFull as exc:
                 raise _UpdateRefusal(dns.rcode.REFUSED, f"{op.owner}: {exc}") from exc
             finally:
-                self.invalidate(op.owner)
+                if not self._store_notifies:
+                    self.invalidate(op.owner)
