@@ -20,6 +20,8 @@ import dns.rrset
 import dns.tsig
 import dns.update
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dmp.adapters.memory_store import MemoryRecordStore, MemoryTsigKeyStore
 from dmp.adapters.sim.clock import SimClock
@@ -48,7 +50,9 @@ SENDER_SEED = bytes(range(100, 132))
 class Node:
     """A handler over fresh memory stores, with helpers to exchange wire messages."""
 
-    def __init__(self, config: DnsConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: DnsConfig | None = None, *, fast: bool = True, **overrides: Any
+    ) -> None:
         base = {
             "served_zone": ZONE,
             "apex_ns": ("ns1.mesh.test",),
@@ -63,7 +67,9 @@ class Node:
         self.clock = SimClock(start=1_900_000_000.0)
         self.store = MemoryRecordStore()
         self.keys = MemoryTsigKeyStore()
-        self.handler = DnsHandler(self.config, self.store, clock=self.clock, tsig_keys=self.keys)
+        self.handler = DnsHandler(
+            self.config, self.store, clock=self.clock, tsig_keys=self.keys, fast_updates=fast
+        )
 
     async def add_key(
         self, keyname: str = KEYNAME, scopes: tuple[str, ...] = SCOPES, **kw: Any
@@ -824,3 +830,97 @@ async def test_claim_rate_limit_per_recipient_is_servfail() -> None:
     node.clock.advance(2)
     again = update(("add", f"claim-1.mb-{H12}.mesh.test", (300, claim)))
     assert (await send_update(node, again)).rcode() == dns.rcode.NOERROR
+
+
+# -- the hand-rolled UPDATE path agrees with dnspython's ----------------------
+
+
+async def test_common_signed_update_takes_the_fast_path() -> None:
+    """A one-RR signed UPDATE is handled without dnspython and its reply verifies."""
+    node = Node()
+    key = await node.add_key()
+    reply = await send_update(
+        node, update(("add", f"chunk-1-{H12}.mesh.test", (300, b"x")), key=key)
+    )
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert node.handler.counters["update_fast"] == 1
+
+
+_OWNERS = [
+    f"chunk-1-{H12}.mesh.test",
+    f"SLOT-2.MB-{H12.upper()}.Mesh.Test",
+    "id-0123456789abcdef.mesh.test",
+    "dmp.mesh.test",
+    "x.other.test",
+    "we_ird*.mesh.test",
+    f"chunk-2-{H12}.mesh.test",
+]
+
+
+@st.composite
+def update_cases(draw: st.DrawFn) -> dict[str, Any]:
+    verb = draw(st.sampled_from(["add"] * 4 + ["delete-one", "delete-all"]))
+    strings = draw(
+        st.lists(
+            st.sampled_from([b"", b"a", b"b" * 255, "é".encode()])
+            | st.text(max_size=30).map(lambda t: t.encode()[:255])
+            | st.binary(max_size=4),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    return {
+        "verb": verb,
+        "owner": draw(st.sampled_from(_OWNERS)),
+        "strings": strings,
+        "ttl": draw(st.sampled_from([0, 1, 300, 300, 300, 86400, 86401])),
+        "key": draw(st.sampled_from(["good"] * 6 + ["forged", "unknown", "wrong-alg"])),
+        "age": draw(st.sampled_from([0] * 8 + [3600, -3600])),
+        "existing": draw(st.lists(st.sampled_from(["a", "b" * 255, "old"]), max_size=3)),
+    }
+
+
+async def _run_case(
+    case: dict[str, Any], fast: bool
+) -> tuple[int, int | None, dict[str, list[str]]]:
+    node = Node(fast=fast, max_values_per_name=2)
+    good = await node.add_key()
+    owner = case["owner"]
+    for value in case["existing"]:
+        await node.store.put(owner.lower(), value, 300, node.clock.now())
+    u = dns.update.UpdateMessage(ZONE)
+    u.id = 4321
+    name = dns.name.from_text(owner + ".")
+    if case["verb"] == "add":
+        u.add(name, case["ttl"], dns.rdtypes.ANY.TXT.TXT(1, 16, tuple(case["strings"])))
+    elif case["verb"] == "delete-one":
+        u.delete(name, dns.rdtypes.ANY.TXT.TXT(1, 16, tuple(case["strings"])))
+    else:
+        u.delete(name, "TXT")
+    key = {
+        "good": good,
+        "forged": dns.tsig.Key(KEYNAME, b"\x09" * 32, "hmac-sha256"),
+        "unknown": dns.tsig.Key("nobody.mesh.test.", SECRET, "hmac-sha256"),
+        "wrong-alg": dns.tsig.Key(KEYNAME, SECRET, "hmac-sha512"),
+    }[case["key"]]
+    wire = sign_at(u.to_wire(), key, int(time.time()) - case["age"], u.id)
+    raw = await node.handler.handle(wire, PEER)
+    assert raw is not None
+    reply = dns.message.from_wire(raw, keyring=False)
+    tsig_error = reply.tsig[0].error if reply.tsig is not None else None
+    if case["key"] == "good" and case["age"] == 0:
+        request_mac = dns.message.from_wire(wire, keyring=False).tsig[0].mac
+        dns.message.from_wire(raw, keyring=good, request_mac=request_mac)  # verifies
+    snapshot = {
+        o.lower(): sorted(r.value for r in await node.store.get(o.lower(), 0)) for o in _OWNERS
+    }
+    return reply.rcode(), tsig_error, snapshot
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=update_cases())
+def test_fast_update_path_agrees_with_dnspython(case: dict[str, Any]) -> None:
+    """Same rcode, same TSIG error and same store contents with or without the fast path."""
+    fast = anyio.run(_run_case, case, True)
+    slow = anyio.run(_run_case, case, False)
+    assert fast == slow, case
