@@ -663,7 +663,17 @@ async def test_stale_time_is_notauth_badtime_signed() -> None:
 
 
 @pytest.mark.parametrize(
-    "algorithm", ["hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512"]
+    "algorithm",
+    [
+        "hmac-sha1",
+        "hmac-sha224",
+        "hmac-sha256",
+        "hmac-sha256-128",
+        "hmac-sha384",
+        "hmac-sha384-192",
+        "hmac-sha512",
+        "hmac-sha512-256",
+    ],
 )
 async def test_rfc8945_hmac_algorithms(algorithm: str) -> None:
     """Keys of every RFC 8945 HMAC dnspython implements verify and sign."""
