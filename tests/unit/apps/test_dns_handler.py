@@ -853,7 +853,7 @@ async def test_common_signed_update_takes_the_fast_path() -> None:
         node, update(("add", f"chunk-1-{H12}.mesh.test", (300, b"x")), key=key)
     )
     assert reply.rcode() == dns.rcode.NOERROR
-    assert node.handler.counters["update_fast"] == 1
+    assert node.handler.fast_updates == 1
 
 
 _OWNERS = [
