@@ -33,8 +33,8 @@ Queries (RFC 1034/1035, RFC 6891):
   log line. Nothing raised here reaches the transport.
 
 Answer cache: rendered replies keyed by (lowercased qname wire, qtype,
-qclass, EDNS present), holding both the full and the truncated rendering;
-per query only the message ID, the RD bit and the question's case are patched
+qclass, EDNS present), holding the full rendering and, when it is over 512
+bytes, the truncated one (~500 bytes of overhead per entry); per query only the message ID, the RD bit and the question's case are patched
 in. An entry is dropped when the store reports a change at its owner
 (``RecordStore.add_listener``), when a stored row it shows expires, after
 ``answer_cache_max_age_s`` (which also refreshes the SOA serial), or by FIFO
@@ -79,6 +79,14 @@ zone is set (else REFUSED):
   ``max_ttl``, live values per owner ≤ ``max_values_per_name`` → REFUSED;
 * NOERROR is sent only after ``await store.put/delete`` returned (durable);
   a store failure → SERVFAIL.
+
+UPDATE fast path: the shape every DMP writer sends (one TXT RR, one TSIG RR
+with an untruncated HMAC-SHA*) is parsed, verified and signed by hand
+(:meth:`DnsHandler._parse_fast_update`, RFC 8945 §4.3 digest layout), which
+costs ~50 µs instead of ~300 µs through dnspython. Any deviation or failure
+falls back to dnspython's path, which produces every error reply; a
+Hypothesis test checks both paths give the same rcode, TSIG error and store
+contents.
 """
 
 from __future__ import annotations
