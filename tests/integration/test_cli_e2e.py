@@ -837,3 +837,17 @@ def test_doctor(node: RunningNode, users: Any) -> None:
     r = bob.run("doctor")
     assert r.code == 1
     assert "FAIL" in r.out
+
+
+def test_doctor_repair_saves_the_node_dns_port(node: RunningNode, users: Any) -> None:
+    """Without the probe at init, doctor finds the node's DNS port; --repair saves it."""
+    carol = users("carol")
+    carol.init(node, "--no-probe-local-dns")
+    assert carol.config["local_node_dns_port"] == 0
+    assert "doctor --repair" in carol.ok("doctor")
+    assert carol.config["local_node_dns_port"] == 0
+    out = carol.ok("doctor", "--repair")
+    assert "saved" in out
+    assert carol.config["local_node_dns_server"] == "127.0.0.1"
+    assert carol.config["local_node_dns_port"] == node.dns_port
+    assert "FAIL" not in carol.ok("doctor")

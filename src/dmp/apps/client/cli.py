@@ -999,8 +999,50 @@ def cmd_tsig_register(ctx: Context, ns: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- doctor
 
 
+def _doctor_node_dns(ctx: Context, repair: bool) -> tuple[str, str, str]:
+    """Does our node answer DNS where the config says (``--repair``: find it and save it)?"""
+    from dmp.apps.client.wiring import endpoint_host, parse_resolver, probe_node_dns
+
+    cfg = ctx.config
+    name = "local DNS endpoint responds"
+    saved = (cfg.local_node_dns_server, cfg.local_node_dns_port)
+    if saved[0] and saved[1] and not repair:
+        if _run(probe_node_dns, saved[0], (saved[1],)) == saved[1]:
+            return "PASS", name, f"{saved[0]}:{saved[1]} answered a probe"
+        return (
+            "FAIL",
+            name,
+            (f"no dmp node answered at {saved[0]}:{saved[1]}; try `dnsmesh doctor --repair`"),
+        )
+    host = endpoint_host(cfg.endpoint) if cfg.endpoint else saved[0]
+    if not host:
+        return "INFO", name, "no endpoint or local_node_dns_server to probe"
+    ports = [saved[1]] if saved[1] and saved[0] == host else []
+    for entry in cfg.dns_resolvers:
+        try:
+            rhost, rport = parse_resolver(entry)
+        except ValueError:
+            continue
+        if rhost == host:
+            ports.append(rport)
+    ports += list(PROBE_PORTS)
+    probe_ports = tuple(dict.fromkeys(ports))
+    found = _run(probe_node_dns, host, probe_ports)
+    if found is None:
+        verdict = "FAIL" if saved[1] else "WARN"
+        tried = ", ".join(map(str, probe_ports))
+        return verdict, name, f"no dmp node answered DNS on {host} (ports {tried})"
+    if (host, found) == saved:
+        return "PASS", name, f"{host}:{found} answered a probe"
+    if repair:
+        cfg.local_node_dns_server, cfg.local_node_dns_port = host, found
+        ctx.save()
+        return "PASS", name, f"{host}:{found} answered; saved as local_node_dns_server/port"
+    return "WARN", name, f"{host}:{found} answered but is not saved; run `dnsmesh doctor --repair`"
+
+
 def cmd_doctor(ctx: Context, ns: argparse.Namespace) -> int:
-    from dmp.apps.client.wiring import PUBLIC_RESOLVER_ADDRESSES, endpoint_host, probe_node_dns
+    from dmp.apps.client.wiring import PUBLIC_RESOLVER_ADDRESSES
 
     cfg = ctx.config
     checks: list[tuple[str, str, str]] = []
@@ -1025,44 +1067,7 @@ def cmd_doctor(ctx: Context, ns: argparse.Namespace) -> int:
     else:
         checks.append(("INFO", "endpoint", "none configured (writes need a TSIG key)"))
 
-    host = cfg.local_node_dns_server or (endpoint_host(cfg.endpoint) if cfg.endpoint else "")
-    if host:
-        ports = [cfg.local_node_dns_port] if cfg.local_node_dns_port else []
-        ports += [p for p in PROBE_PORTS if p not in ports]
-        if ns.repair and cfg.local_node_dns_port:
-            ports = [p for p in PROBE_PORTS]
-        found = _run(probe_node_dns, host, tuple(ports))
-        if found is None:
-            verdict = "FAIL" if cfg.local_node_dns_port else "WARN"
-            checks.append(
-                (
-                    verdict,
-                    "local DNS endpoint responds",
-                    f"no dmp node answered DNS on {host} (ports {', '.join(map(str, ports))})",
-                )
-            )
-        elif found == cfg.local_node_dns_port and host == cfg.local_node_dns_server:
-            checks.append(
-                ("PASS", "local DNS endpoint responds", f"{host}:{found} answered a probe")
-            )
-        elif ns.repair:
-            cfg.local_node_dns_server, cfg.local_node_dns_port = host, found
-            ctx.save()
-            checks.append(
-                (
-                    "PASS",
-                    "local DNS endpoint responds",
-                    f"{host}:{found} answered; saved as local_node_dns_server/port",
-                )
-            )
-        else:
-            checks.append(
-                (
-                    "WARN",
-                    "local DNS endpoint responds",
-                    f"{host}:{found} answered but is not saved; run `dnsmesh doctor --repair`",
-                )
-            )
+    checks.append(_doctor_node_dns(ctx, ns.repair))
     if cfg.dns_host and cfg.dns_host in PUBLIC_RESOLVER_ADDRESSES:
         checks.append(
             ("WARN", "dns_host", f"{cfg.dns_host} is a public recursive resolver, not your node")
@@ -1333,6 +1338,7 @@ def _is_expected(exc: BaseException) -> bool:
 _EXPECTED = frozenset(
     {
         "dmp.apps.client.config.ConfigError",
+        "dmp.ports.client_state.ClientStateError",
         "dmp.ports.transport.TransportError",
         "dmp.domain.errors.DmpError",
     }
