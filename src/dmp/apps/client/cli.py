@@ -329,7 +329,9 @@ class Context:
             from rich.console import Console
             from rich.table import Table
 
-            table = Table(*headers)
+            table = Table()
+            for header in headers:
+                table.add_column(header, overflow="fold")  # never hide part of a key
             for row in rows:
                 table.add_row(*row)
             Console().print(table)
