@@ -30,6 +30,10 @@ the command that needs it. Check with
 ``python -X importtime -m dmp.apps.client --help``.
 
 Concrete adapters are chosen in :mod:`dmp.apps.client.wiring` only.
+
+Test-only environment hooks (never needed by users): ``DMP_KDF_PROFILE=test``
+(cheap Argon2, see wiring) and ``DMP_RESOLVER_CANDIDATES=ip[:port],...``
+(what ``resolvers discover`` probes instead of the public resolvers).
 """
 
 from __future__ import annotations
@@ -1240,10 +1244,6 @@ def cmd_node(ctx: Context, ns: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- dispatch
 
 
-def _not_yet(ctx: Context, ns: argparse.Namespace) -> int:
-    raise CliError("this command is not available in this build yet")
-
-
 COMMANDS: dict[tuple[str, str | None], Callable[[Context, argparse.Namespace], int]] = {
     ("init", None): cmd_init,
     ("identity", "show"): cmd_identity_show,
@@ -1299,7 +1299,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         ns = build_parser().parse_args(args)
     except SystemExit as exc:  # --help, or a usage error (already printed)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USER
-    handler = COMMANDS.get((ns.command, _action(ns)), _not_yet)
+    handler = COMMANDS[(ns.command, _action(ns))]
     try:
         return handler(Context(ns, env), ns)
     except KeyboardInterrupt:
