@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit bench clean
+.PHONY: test lint typecheck unit bench clean demo node
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/domain.py
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+node: $(STAMP)
+	DMP_RECEIVER_CLAIM_NOTIFICATIONS=1 $(BIN)/dmp-node --dev --served-zone mesh.test --node-hostname mesh.test --auth-mode multi-tenant --dns-update --registration
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
