@@ -31,6 +31,11 @@ Differences from the reference, on purpose:
   without an operator token.
 - ``DMP_HTTP_TRUSTED_PROXIES`` (*dmp*): comma list of proxy addresses or
   CIDRs whose ``X-Forwarded-For`` is honoured for the per-IP HTTP limit.
+- ``DMP_DB_SYNCHRONOUS`` (*dmp*): ``FULL`` (default) fsyncs every commit, so
+  an acknowledged write survives power loss; ``NORMAL`` fsyncs only at WAL
+  checkpoints: acknowledged writes still survive a crash or SIGKILL of the
+  node, not of the machine. Group commit shares one fsync among the writes
+  that arrive together, so FULL costs most on a single serial writer.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar, cast
 
 import attrs
 
@@ -112,6 +117,7 @@ class NodeConfig:
 
     # storage
     db_path: DbPath = Path("/var/lib/dmp/dmp.db")
+    db_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     cleanup_interval_s: float = 60.0
     # DNS
     dns_host: str = "0.0.0.0"
@@ -356,6 +362,8 @@ def _choice(
     def parse(value: str, label: str) -> str:
         low = value.lower()
         low = (aliases or {}).get(low, low)
+        if low.upper() in options:
+            low = low.upper()
         if low not in options:
             raise ConfigError(label, f"expected one of {', '.join(options)}, got {value!r}")
         return low
@@ -461,6 +469,10 @@ def load_config(
 
     cfg = NodeConfig(
         db_path=db_path,
+        db_synchronous=cast(
+            Literal["FULL", "NORMAL"],
+            src.get("DMP_DB_SYNCHRONOUS", _choice(("FULL", "NORMAL")), "FULL"),
+        ),
         cleanup_interval_s=src.get("DMP_CLEANUP_INTERVAL", _positive_float, 60.0),
         dns_host=dns_host,
         dns_port=src.get("DMP_DNS_PORT", _port, 5353),

@@ -158,7 +158,7 @@ async def _open_record_store(config: NodeConfig) -> RecordStore:
     path = Path(config.db_path)
     _prepare_parent(path, "DMP_DB_PATH")
     try:
-        return await SqliteRecordStore.open(path)
+        return await SqliteRecordStore.open(path, synchronous=config.db_synchronous)
     except StoreError as exc:
         raise StartupError("DMP_DB_PATH", f"cannot open {path}: {exc}") from None
 
@@ -174,7 +174,7 @@ async def _open_tsig_store(config: NodeConfig) -> TsigKeyStore:
     path = Path(config.tsig_db_path)
     _prepare_parent(path, "DMP_TSIG_DB_PATH")
     try:
-        return await SqliteTsigKeyStore.open(path)
+        return await SqliteTsigKeyStore.open(path, synchronous=config.db_synchronous)
     except StoreError as exc:
         raise StartupError("DMP_TSIG_DB_PATH", f"cannot open {path}: {exc}") from None
 
