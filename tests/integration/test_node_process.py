@@ -369,3 +369,142 @@ def test_sigkill_during_write_load_keeps_every_acknowledged_write(
     assert missing == [], f"{len(missing)} of {len(acked)} acknowledged writes lost"
     restarted.signal(signal.SIGTERM)
     assert restarted.wait() == 0
+
+
+# ---------------------------------------------------------------- admin commands
+
+
+def admin(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dmp.apps.node", "admin", *args],
+        env={**env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_admin_tokens_work_on_the_running_nodes_database(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """A token issued by `dmp-node admin` (same env) publishes; revoked, it is refused."""
+    node = new_node(nodes, tmp_path, {"DMP_AUTH_MODE": "multi-tenant"}).start()
+    issued = admin(node.env, "token", "issue", "alice@mesh.test", "--json")
+    assert issued.returncode == 0, issued.stderr
+    token = json.loads(issued.stdout)["token"]
+    import hashlib
+
+    owner = f"id-{hashlib.sha256(b'alice').hexdigest()[:16]}.{ZONE}"
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=node.url, timeout=5) as client:
+        ok = client.post(
+            f"/v1/records/{owner}", json={"value": "v=dmp1;t=x", "ttl": 60}, headers=auth
+        )
+        assert ok.status_code == 201
+        revoked = admin(node.env, "token", "revoke", "alice@mesh.test")
+        assert revoked.returncode == 0, revoked.stderr
+        refused = client.post(
+            f"/v1/records/{owner}", json={"value": "v=dmp1;t=y", "ttl": 60}, headers=auth
+        )
+        assert refused.status_code == 401
+    tail = admin(node.env, "audit", "tail", "--json")
+    events = [row["event"] for row in json.loads(tail.stdout)]
+    assert {"issued", "used", "revoked", "rejected"} <= set(events)
+    listed = admin(node.env, "token", "list", "--include-revoked", "--json")
+    assert [t["revoked_at"] is not None for t in json.loads(listed.stdout)] == [True]
+    assert token not in listed.stdout
+
+
+def test_admin_tsig_list_and_revoke(tmp_path: Path) -> None:
+    """`admin tsig` lists keys without secrets and revokes by name or subject."""
+    from dmp.adapters.sqlite_store import SqliteTsigKeyStore
+    from dmp.ports.store import TsigKey
+
+    env = {"PATH": os.environ.get("PATH", ""), "DMP_DB_PATH": str(tmp_path / "node.db")}
+    now = int(time.time())
+
+    async def seed() -> None:
+        store = await SqliteTsigKeyStore.open(tmp_path / "node_tsig.db")
+        for user in ("alice", "bob"):
+            await store.put(
+                TsigKey(
+                    keyname=f"{user}-0011aabb-abcdef.{ZONE}.",
+                    secret=b"s" * 32,
+                    algorithm="hmac-sha256",
+                    allowed_suffixes=(f"id-x.{ZONE}",),
+                    subject=f"{user}@{ZONE}",
+                    ed25519_public="00" * 32,
+                    created_at=now,
+                    expires_at=now + 3600,
+                )
+            )
+        await store.aclose()
+
+    anyio.run(seed)
+    listed = admin(env, "tsig", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    keys = json.loads(listed.stdout)
+    assert [k["subject"] for k in keys] == ["alice@mesh.test", "bob@mesh.test"]
+    assert "secret" not in listed.stdout
+    assert admin(env, "tsig", "revoke", f"alice-0011aabb-abcdef.{ZONE}").returncode == 0
+    assert admin(env, "tsig", "revoke", f"BOB@{ZONE}").returncode == 0
+    assert json.loads(admin(env, "tsig", "list", "--json").stdout) == []
+    everything = json.loads(admin(env, "tsig", "list", "--include-revoked", "--json").stdout)
+    assert [k["state"] for k in everything] == ["revoked", "revoked"]
+    again = admin(env, "tsig", "revoke", f"alice-0011aabb-abcdef.{ZONE}")
+    assert again.returncode == 1
+    assert "no live TSIG key" in again.stderr
+
+
+def test_admin_tsig_revoke_reaches_the_running_node(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """A key revoked by `dmp-node admin tsig revoke` stops verifying within seconds."""
+    import base64
+
+    import dns.tsig
+    import dns.tsigkeyring
+    import dns.update
+
+    from dmp.adapters.sqlite_store import SqliteTsigKeyStore
+    from dmp.ports.store import TsigKey
+
+    keyname, secret = f"carol-0011aabb-abcdef.{ZONE}.", bytes(range(32))
+    now = int(time.time())
+
+    async def seed() -> None:
+        store = await SqliteTsigKeyStore.open(tmp_path / "node_tsig.db")
+        await store.put(
+            TsigKey(
+                keyname=keyname,
+                secret=secret,
+                algorithm="hmac-sha256",
+                allowed_suffixes=(ZONE,),
+                subject=f"carol@{ZONE}",
+                ed25519_public="00" * 32,
+                created_at=now,
+                expires_at=now + 3600,
+            )
+        )
+        await store.aclose()
+
+    anyio.run(seed)
+    node = new_node(nodes, tmp_path, {"DMP_DNS_UPDATE_ENABLED": "1"}).start()
+    ring = dns.tsigkeyring.from_text({keyname: base64.b64encode(secret).decode()})
+
+    def update(i: int) -> int:
+        upd = dns.update.UpdateMessage(ZONE, keyring=ring, keyname=keyname)
+        upd.add(f"t{i}.{ZONE}.", 60, "TXT", f'"v{i}"')
+        try:
+            return dns.query.udp(upd, "127.0.0.1", port=node.dns_port, timeout=3).rcode()
+        except dns.tsig.PeerBadKey:  # the unsigned NOTAUTH (BADKEY) reply
+            return dns.rcode.NOTAUTH
+
+    assert update(0) == dns.rcode.NOERROR
+    assert admin(node.env, "tsig", "revoke", keyname).returncode == 0
+    deadline, i = time.monotonic() + 10, 1
+    while update(i) == dns.rcode.NOERROR:
+        assert time.monotonic() < deadline, "revoked key still accepted after 10 s"
+        i += 1
+        time.sleep(0.1)
+    assert txt_values(node.dns_port, f"t0.{ZONE}") == {"v0"}

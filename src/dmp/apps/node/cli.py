@@ -279,10 +279,198 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 # ---------------------------------------------------------------- admin
 
 
+def _admin_db(ns: argparse.Namespace, environ: Mapping[str, str], kind: str) -> Any:
+    """The token or TSIG database path: ``--db``, else the node's configured path.
+
+    Raises:
+        ConfigError: the path is in memory or its directory does not exist.
+    """
+    from pathlib import Path
+
+    from dmp.apps.node.config import ConfigError, store_paths
+
+    path: Any
+    if ns.db:
+        path, label = Path(ns.db), "--db"
+    else:
+        path = store_paths(environ)[kind]
+        label = {"tokens": "DMP_TOKEN_DB_PATH", "tsig": "DMP_TSIG_DB_PATH"}[kind]
+        if path == ":memory:":
+            raise ConfigError(label, "the node keeps this store in memory; nothing to administer")
+    if not Path(path).parent.is_dir():
+        raise ConfigError(label, f"directory {Path(path).parent} does not exist")
+    return path
+
+
 def _cmd_admin(ns: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    """``dmp-node admin ...``: wired to the token and TSIG stores (see module docstring)."""
-    return _fail("admin commands are not available in this build", EXIT_FAILED)
+    """``dmp-node admin ...``: directly on the token / TSIG databases (no HTTP)."""
+    import anyio
+
+    from dmp.apps.node.admin_tokens import AdminError
+    from dmp.apps.node.config import ConfigError
+
+    area = ns.admin_command
+    try:
+        path = _admin_db(ns, environ, "tsig" if area == "tsig" else "tokens")
+        handler = {"token": _admin_token, "audit": _admin_audit, "tsig": _admin_tsig}[area]
+        return anyio.run(handler, ns, path)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except AdminError as exc:
+        return _fail(str(exc), EXIT_FAILED)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+async def _open_tokens(path: Any) -> Any:
+    from dmp.adapters.token_store import SqliteTokenStore
+    from dmp.apps.node.admin_tokens import AdminError
+    from dmp.ports.tokens import TokenStoreError
+
+    try:
+        return await SqliteTokenStore.open(path)
+    except TokenStoreError as exc:
+        raise AdminError(str(exc)) from None
+
+
+def _print_issued(issued: Any, as_json: bool) -> None:
+    from dmp.apps.node.admin_tokens import token_to_json
+
+    rec = issued.record
+    if as_json:
+        print(json.dumps({"token": issued.token, **token_to_json(rec)}, indent=1))
+        return
+    import time
+
+    expires = (
+        "never"
+        if rec.expires_at is None
+        else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.expires_at))
+    )
+    print(f"token:   {issued.token}")
+    print(f"subject: {rec.subject}")
+    print(f"hash:    {rec.token_hash[:12]}")
+    print(f"expires: {expires}")
+    print(f"limit:   {rec.rate_per_sec:g}/s burst {rec.rate_burst}")
+    print("(shown once: only its sha256 is stored)")
+
+
+async def _admin_token(ns: argparse.Namespace, path: Any) -> int:
+    import os
+    import time
+
+    from dmp.apps.node import admin_tokens as adm
+
+    store = await _open_tokens(path)
+    try:
+        action = ns.token_command
+        expires = adm.parse_duration(ns.expires) if getattr(ns, "expires", None) else None
+        if action == "issue":
+            issued = await adm.issue_token(
+                store, store, ns.subject, random_bytes=os.urandom, expires_in_s=expires,
+                rate_per_sec=ns.rate, rate_burst=ns.burst, note=ns.note,
+                prekey_x25519=ns.with_prekey_scope,
+            )  # fmt: skip
+            _print_issued(issued, ns.json)
+        elif action == "list":
+            records = await adm.list_tokens(
+                store, subject=ns.subject, include_revoked=ns.include_revoked
+            )
+            if ns.json:
+                print(json.dumps([adm.token_to_json(r) for r in records], indent=1))
+            else:
+                print(adm.format_tokens(records, time.time()))
+        elif action == "revoke":
+            revoked = await adm.revoke_tokens(store, store, ns.target)
+            for rec in revoked:
+                print(f"revoked {rec.token_hash[:12]} ({rec.subject})")
+        else:  # rotate
+            revoked, issued = await adm.rotate_tokens(
+                store, store, ns.subject, random_bytes=os.urandom, expires_in_s=expires,
+                rate_per_sec=ns.rate, rate_burst=ns.burst,
+            )  # fmt: skip
+            if not ns.json:
+                for rec in revoked:
+                    print(f"revoked {rec.token_hash[:12]} ({rec.subject})")
+            _print_issued(issued, ns.json)
+    finally:
+        await store.aclose()
+    return EXIT_OK
+
+
+async def _admin_audit(ns: argparse.Namespace, path: Any) -> int:
+    from dmp.apps.node import admin_tokens as adm
+
+    store = await _open_tokens(path)
+    try:
+        rows = await adm.audit_tail(store, limit=ns.limit, event=ns.event)
+    finally:
+        await store.aclose()
+    if ns.json:
+        print(json.dumps([adm.audit_to_json(r) for r in rows], indent=1))
+    else:
+        print(adm.format_audit(rows))
+    return EXIT_OK
+
+
+def _tsig_state(key: Any, now: float) -> str:
+    if key.revoked:
+        return "revoked"
+    return "live" if key.expires_at > now else "expired"
+
+
+def _tsig_json(key: Any, now: float) -> dict[str, Any]:
+    return {
+        "keyname": key.keyname,
+        "algorithm": key.algorithm,
+        "subject": key.subject,
+        "ed25519_public": key.ed25519_public,
+        "allowed_suffixes": list(key.allowed_suffixes),
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "revoked": key.revoked,
+        "state": _tsig_state(key, now),
+    }
+
+
+async def _admin_tsig(ns: argparse.Namespace, path: Any) -> int:
+    """``admin tsig list|revoke`` (the reference has no such command; behaviour.md §b)."""
+    import time
+
+    from dmp.adapters.sqlite_store import SqliteTsigKeyStore
+    from dmp.apps.node.admin_tokens import AdminError
+    from dmp.ports.store import StoreError
+
+    try:
+        store = await SqliteTsigKeyStore.open(path)
+    except StoreError as exc:
+        raise AdminError(f"cannot open TSIG database {path}: {exc}") from None
+    now = time.time()
+    try:
+        if ns.tsig_command == "list":
+            keys = await (store.by_subject(ns.subject.lower()) if ns.subject else store.all())
+            if not ns.include_revoked:
+                keys = [k for k in keys if _tsig_state(k, now) == "live"]
+            if ns.json:
+                print(json.dumps([_tsig_json(k, now) for k in keys], indent=1))
+            elif not keys:
+                print("no TSIG keys")
+            else:
+                print(f"{'KEY NAME':<48}  {'SUBJECT':<28}  {'STATE':<8}  EXPIRES")
+                for k in keys:
+                    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(k.expires_at))
+                    print(f"{k.keyname:<48}  {k.subject:<28}  {_tsig_state(k, now):<8}  {expires}")
+            return EXIT_OK
+        target = ns.target.strip().lower()
+        if "@" in target:
+            names = [k.keyname for k in await store.by_subject(target) if not k.revoked]
+        else:
+            key = await store.get(target if target.endswith(".") else target + ".")
+            names = [key.keyname] if key is not None and not key.revoked else []
+        revoked = [name for name in names if await store.revoke(name)]
+        if not revoked:
+            raise AdminError(f"no live TSIG key matches {ns.target!r}")
+        for name in revoked:
+            print(f"revoked {name}")
+        print("a running node stops accepting it within about a second")
+        return EXIT_OK
+    finally:
+        await store.aclose()

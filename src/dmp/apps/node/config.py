@@ -57,6 +57,7 @@ __all__ = [
     "NodeConfig",
     "load_config",
     "sibling_path",
+    "store_paths",
 ]
 
 AuthMode = Literal["open", "legacy", "multi-tenant"]
@@ -392,6 +393,33 @@ def _path(value: str, label: str) -> DbPath:
 def sibling_path(db_path: Path, tag: str) -> Path:
     """``/var/lib/dmp/dmp.db`` + ``tokens`` -> ``/var/lib/dmp/dmp_tokens.db`` (behaviour.md §c)."""
     return db_path.with_name(f"{db_path.stem}_{tag}{db_path.suffix}")
+
+
+def store_paths(environ: Mapping[str, str] | None = None) -> dict[str, DbPath]:
+    """Where the node keeps its databases, from the environment only (for ``dmp-node admin``).
+
+    Only ``DMP_DB_PATH``, ``DMP_TOKEN_DB_PATH`` and ``DMP_TSIG_DB_PATH`` are
+    read, so the admin commands work whatever the rest of the configuration.
+
+    Returns:
+        ``{"records": ..., "tokens": ..., "tsig": ...}``.
+
+    Raises:
+        ConfigError: a path is malformed.
+    """
+    src = _Source(os.environ if environ is None else environ, {}, {})
+    default_db: DbPath = Path("/var/lib/dmp/dmp.db")
+    db = src.get("DMP_DB_PATH", _path, default_db)
+    token_default: DbPath = MEMORY
+    tsig_default: DbPath = MEMORY
+    if db != MEMORY:
+        token_default = sibling_path(Path(db), "tokens")
+        tsig_default = sibling_path(Path(db), "tsig")
+    return {
+        "records": db,
+        "tokens": src.get("DMP_TOKEN_DB_PATH", _path, token_default),
+        "tsig": src.get("DMP_TSIG_DB_PATH", _path, tsig_default),
+    }
 
 
 def _is_loopback(host: str) -> bool:
