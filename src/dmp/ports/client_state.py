@@ -239,12 +239,14 @@ def node_host(node: str) -> str:
     if "://" in text:
         text = text.split("://", 1)[1]
     text = text.split("/", 1)[0].lower()
+    host = text
     if not text.startswith("[") and text.count(":") == 1:
         host, _, port = text.partition(":")
-        text = f"{host.rstrip('.')}:{port}"
+        host = host.rstrip(".")
+        text = f"{host}:{port}"
     elif not text.startswith("["):
-        text = text.rstrip(".")
-    if not text or text.startswith(":") or text in (".", ".."):
+        host = text = text.rstrip(".")
+    if not host.strip(".:"):
         raise ClientStateError(f"node {node!r} has no host")
     return text
 
