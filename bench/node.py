@@ -462,9 +462,21 @@ def read_phase(work: Path, corpus: Path, reps: int, secs: float) -> dict[str, An
         time.sleep(2)
         for kind, node in nodes.items():
             res["idle_rss_mib"][kind] = round(node.rss_kib() / 1024, 1)
+        # The first pass over the names runs the cold path (our answer cache is
+        # empty); it is reported as its own row before the measured runs.
+        for fname in ("hit", "miss"):
+            for kind in KINDS:
+                node = nodes[kind]
+                r = dnsperf(node.dns_port, corpus / f"q_{fname}.txt", pid=node.pid, maxruns=1,
+                            outstanding=100)  # fmt: skip
+                r.update(kind=kind, file=fname, load="cold", rep=0)
+                res["runs"].append(r)
+                log(f"  read cold {fname:<5} {kind}: {r['qps']} q/s, p99 {r['p99_ms']} ms, "
+                    f"{r.get('cpu_us_per_q')} µs CPU/q")  # fmt: skip
         plan = [(f, "sat", None) for f in READ_FILES] + [
             ("hit", "Q200", 200),
             ("miss", "Q200", 200),
+            ("hot", "Q200", 200),
         ]
         for rep in range(reps):
             for fname, load, qps in plan:

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import anyio
+import dns.asyncquery
 import dns.flags
 import dns.message
 import dns.query
@@ -29,6 +30,8 @@ import dns.rcode
 import dns.rdatatype
 import httpx
 import pytest
+
+from dmp.ports.store import StoreUnavailable
 
 TOKEN = "node-process-test-token"
 ZONE = "mesh.test"
@@ -255,6 +258,21 @@ def test_json_log_format(nodes: list[NodeProcess], tmp_path: Path) -> None:
     node.wait_for('"ready"')
     node.signal(signal.SIGTERM)
     assert node.wait() == 0
+
+
+def test_expired_records_are_swept(nodes: list[NodeProcess], tmp_path: Path) -> None:
+    """With DMP_CLEANUP_INTERVAL=0.2, a 1 s record is gone from the store soon after expiry."""
+    node = new_node(nodes, tmp_path, {"DMP_CLEANUP_INTERVAL": "0.2"}).start()
+    with httpx.Client(base_url=node.url, timeout=5) as client:
+        assert publish(client, f"short.{ZONE}", "lives one second", ttl=1) == 201
+        assert publish(client, f"long.{ZONE}", "lives an hour", ttl=3600) == 201
+        assert client.get("/stats").json()["records"] == 2
+        deadline = time.monotonic() + 15
+        while client.get("/stats").json()["records"] != 1:  # count() includes unswept rows
+            assert time.monotonic() < deadline, "expired row never swept"
+            time.sleep(0.1)
+    assert txt_values(node.dns_port, f"short.{ZONE}") == set()
+    assert txt_values(node.dns_port, f"long.{ZONE}") == {"lives an hour"}
 
 
 @pytest.mark.parametrize(
@@ -508,3 +526,51 @@ def test_admin_tsig_revoke_reaches_the_running_node(
         i += 1
         time.sleep(0.1)
     assert txt_values(node.dns_port, f"t0.{ZONE}") == {"v0"}
+
+
+# ---------------------------------------------------------------- in process
+
+
+@pytest.mark.anyio
+async def test_build_and_run_in_process_with_a_stop_event() -> None:
+    """build_node + run_node under a task group: ports reported, stop event ends it cleanly."""
+    from dmp.adapters.clock import SystemClock
+    from dmp.apps.node.config import load_config
+    from dmp.apps.node.service import build_node, run_node
+
+    config = load_config(
+        {
+            "DMP_DB_PATH": ":memory:",
+            "DMP_DNS_HOST": "127.0.0.1",
+            "DMP_DNS_PORT": "0",
+            "DMP_HTTP_HOST": "127.0.0.1",
+            "DMP_HTTP_PORT": "0",
+            "DMP_OPERATOR_TOKEN": TOKEN,
+            "DMP_DOMAIN": ZONE,
+        },
+        {},
+    )
+    node = await build_node(config, clock=SystemClock())
+    stop = anyio.Event()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            started = await tg.start(
+                lambda task_status: run_node(
+                    node, stop=stop, handle_signals=False, task_status=task_status
+                )
+            )
+            assert started is node
+            dns_port, http_port = node.bound["dns"][1], node.bound["http"][1]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client:
+                r = await client.post(
+                    f"/v1/records/a.{ZONE}",
+                    json={"value": "in-process", "ttl": 60},
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                )
+                assert r.status_code == 201
+            q = dns.message.make_query(f"a.{ZONE}", "TXT")
+            reply = await dns.asyncquery.udp(q, "127.0.0.1", port=dns_port, timeout=5)
+            assert [b"".join(rd.strings) for rd in reply.answer[0]] == [b"in-process"]
+            stop.set()
+    with pytest.raises(StoreUnavailable):
+        await node.store.count()
