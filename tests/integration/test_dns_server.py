@@ -295,7 +295,8 @@ async def test_tcp_connection_cap() -> None:
         assert server.tcp_rejected == 1
 
 
-async def test_shutdown_lets_an_inflight_update_finish_and_reply() -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_shutdown_lets_an_inflight_update_finish_and_reply(transport: str) -> None:
     """Cancelling the server while an UPDATE waits on the store still commits and answers it."""
 
     class GatedStore(MemoryRecordStore):
@@ -316,7 +317,8 @@ async def test_shutdown_lets_an_inflight_update_finish_and_reply() -> None:
 
     async def client(port: int) -> None:
         u = update("chunk-0-abcdef012345.mesh.test", b"durable")
-        result.append(await dns.asyncquery.udp(u, HOST, port=port, timeout=5))
+        send = dns.asyncquery.udp if transport == "udp" else dns.asyncquery.tcp
+        result.append(await send(u, HOST, port=port, timeout=5))
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as outer, anyio.create_task_group() as tg:

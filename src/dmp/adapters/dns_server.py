@@ -161,6 +161,7 @@ class DnsServer:
         self.tcp_connections = 0
         self.tcp_rejected = 0
         self._udp: _UdpProtocol | None = None
+        self._tcp_scopes: set[anyio.CancelScope] = set()
 
     @property
     def closing(self) -> bool:
@@ -220,7 +221,15 @@ class DnsServer:
                 tg.start_soon(listener.serve, self._connection, tg)
                 _log.info("DNS listening on %s port %d (UDP+TCP)", self.host, self.port)
                 task_status.started(self.port)
-                await anyio.sleep_forever()
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    # Shutdown: stop taking datagrams, and give in-flight TCP
+                    # messages shutdown_grace_s (the task group waits for them).
+                    protocol.closing = True
+                    grace_end = anyio.current_time() + self.shutdown_grace_s
+                    for scope in tuple(self._tcp_scopes):
+                        scope.deadline = min(scope.deadline, grace_end)
         finally:
             with anyio.CancelScope(shield=True):
                 protocol.closing = True
@@ -257,9 +266,13 @@ class DnsServer:
 
         async def slow(wire: bytes) -> None:
             # Shielded: once a message is being handled, shutdown lets it finish
-            # and send its reply (bounded by message_timeout_s).
+            # and send its reply (bounded by message_timeout_s, and by
+            # shutdown_grace_s once shutdown has begun).
+            deadline = anyio.current_time() + self.message_timeout_s
+            scope = anyio.CancelScope(shield=True, deadline=deadline)
+            self._tcp_scopes.add(scope)
             try:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(self.message_timeout_s):
+                with scope:
                     try:
                         reply = await handler.handle(wire, peer, "tcp")
                     except Exception:
@@ -270,6 +283,7 @@ class DnsServer:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass
             finally:
+                self._tcp_scopes.discard(scope)
                 inflight.release()
 
         try:
