@@ -29,9 +29,10 @@ message is dropped and logged, and the server keeps serving.
 Lifecycle: :func:`serve_dns` (or :meth:`DnsServer.serve`) binds, reports the
 bound port through ``task_status.started(port)`` and serves until cancelled.
 Port 0 picks a free port that is free for both UDP and TCP. On cancellation it
-stops reading, lets in-flight messages finish and send their replies (at most
-``shutdown_grace_s``; an acknowledged UPDATE is never cut between its store
-commit and its reply) and closes both sockets.
+stops reading and accepting, gives in-flight messages up to
+``shutdown_grace_s`` to finish and send their replies (an UPDATE whose store
+write has been submitted is committed either way: the store port guarantees
+it), then closes both sockets.
 """
 
 from __future__ import annotations
