@@ -158,9 +158,9 @@ async def lookup_many(deps: ClientDeps, owners: Iterable[dns.name.Name]) -> Look
     """Query every owner concurrently (bounded by ``deps.limiter``).
 
     Duplicate owners are asked once. Transport failures are collected, not
-    raised. Each lookup runs in its own task, so the caller may call this
-    while holding none of the limiter's tokens only (never from inside
-    :func:`run_bounded`).
+    raised. Each lookup runs in its own task holding one limiter token; do
+    not call this from a call run by :func:`run_bounded` (a task holding a
+    token while waiting for more can deadlock once all are taken).
 
     Args:
         deps: the dependencies (``reader`` and ``limiter`` are used).

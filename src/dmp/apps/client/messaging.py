@@ -67,6 +67,8 @@ from dmp.domain.identity import IdentityRecord, verify_identity
 from dmp.domain.manifest import SlotManifest, verify_manifest
 from dmp.domain.message import (
     DEFAULT_TTL,
+    DMPV2_PREFIX,
+    OutgoingMessage,
     ReceivedMessage,
     build_message,
     check_sender_pinned,
@@ -298,19 +300,63 @@ async def send_message(
     pool_owner = prekey_owner(rcpt.username, rcpt.zone) if rcpt.spk is not None else None
     if pool_owner is not None:
         owners.append(pool_owner)
-    lookups = Lookups()
     providers: list[str] = []
-
-    async def fetch_records() -> None:
-        lookups.merge(await lookup_many(deps, owners))
 
     async def fetch_providers() -> None:
         providers.extend(await discover_claim_providers(deps))
 
+    # Provider discovery runs while the message is built and published. A
+    # failure is raised after the task group, unwrapped.
+    outcome: list[OutgoingMessage | Exception] = []
     async with anyio.create_task_group() as tg:
-        tg.start_soon(fetch_records)
         tg.start_soon(fetch_providers)
+        try:
+            lookups = await lookup_many(deps, owners)
+            outcome.append(
+                await _build_and_publish(deps, rcpt, body, now, ttl, lookups, pool_owner)
+            )
+        except (DmpError, TransportError) as exc:
+            outcome.append(exc)
+            tg.cancel_scope.cancel()
+    (out,) = outcome
+    if isinstance(out, Exception):
+        raise out
 
+    zones = list(providers)
+    if rcpt.domain_explicit:
+        zones.append(rcpt.zone)
+    by_key: dict[str, str] = {}
+    for zone in zones:
+        by_key.setdefault(zone_key(zone), strip_dot(zone))
+    unique_zones = list(by_key.values())
+    sent, errors = await _send_claims(
+        deps, out.msg_id, out.recipient_id, out.slot, now, ttl, unique_zones
+    )
+    return SendResult(
+        recipient=rcpt.name,
+        msg_id=out.msg_id,
+        manifest_owner=out.manifest_owner,
+        slot=out.slot,
+        total_chunks=out.n,
+        data_chunks=out.k,
+        prekey_id=out.prekey_id,
+        envelope=out.plaintext.startswith(DMPV2_PREFIX),
+        claim_zones=tuple(unique_zones),
+        claims_sent=sent,
+        claim_errors=tuple(errors),
+    )
+
+
+async def _build_and_publish(
+    deps: ClientDeps,
+    rcpt: _Recipient,
+    body: str | bytes,
+    now: int,
+    ttl: int,
+    lookups: Lookups,
+    pool_owner: dns.name.Name | None,
+) -> OutgoingMessage:
+    """Encrypt to the recipient, publish every chunk, then the manifest."""
     record = rcpt.record or _matching_record(lookups, rcpt)
     advertise_v2 = record is not None and 2 in record.versions
     prekeys: list[Prekey] = []
@@ -340,30 +386,7 @@ async def send_message(
         if outcome is not None:
             raise outcome
     await deps.writer.publish(out.manifest_owner, out.manifest_wire, ttl)
-
-    zones = list(providers)
-    if rcpt.domain_explicit:
-        zones.append(rcpt.zone)
-    by_key: dict[str, str] = {}
-    for zone in zones:
-        by_key.setdefault(zone_key(zone), strip_dot(zone))
-    unique_zones = list(by_key.values())
-    sent, errors = await _send_claims(
-        deps, out.msg_id, out.recipient_id, out.slot, now, ttl, unique_zones
-    )
-    return SendResult(
-        recipient=rcpt.name,
-        msg_id=out.msg_id,
-        manifest_owner=out.manifest_owner,
-        slot=out.slot,
-        total_chunks=out.n,
-        data_chunks=out.k,
-        prekey_id=out.prekey_id,
-        envelope=advertise_v2,
-        claim_zones=tuple(unique_zones),
-        claims_sent=sent,
-        claim_errors=tuple(errors),
-    )
+    return out
 
 
 async def _send_claims(
