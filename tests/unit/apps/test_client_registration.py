@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from dmp.adapters.client_state import MemoryTokenFiles
+from dmp.adapters.http_client import RegistrationClient
 from dmp.adapters.memory_store import MemoryTsigKeyStore
 from dmp.adapters.token_store import MemoryTokenStore
 from dmp.apps.client.config import ClientConfig
@@ -89,8 +90,13 @@ class InProcessNode:
         return await self._reply(await self.registrar.confirm_tsig(body, NOW))
 
 
-def test_in_process_node_is_a_registration_api() -> None:
-    assert isinstance(InProcessNode(), RegistrationApi)
+async def test_registration_api_implementations() -> None:
+    """The in-process fake and the httpx adapter both implement the port (mypy checks too)."""
+    fake: RegistrationApi = InProcessNode()
+    assert isinstance(fake, RegistrationApi)
+    async with RegistrationClient("https://node.example") as client:
+        api: RegistrationApi = client
+        assert isinstance(api, RegistrationApi)
 
 
 async def test_register_saves_a_working_token() -> None:
