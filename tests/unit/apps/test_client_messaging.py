@@ -10,7 +10,7 @@ import pytest
 from dmp.apps.client.deps import ClientDeps
 from dmp.apps.client.identity import fetch_identity, publish_identity, refresh_prekeys
 from dmp.apps.client.intros import accept_intro, block_intro, trust_intro
-from dmp.apps.client.messaging import receive_messages, send_message
+from dmp.apps.client.messaging import MAX_CLAIM_ZONES, receive_messages, send_message
 from dmp.domain.errors import UnknownContact
 from dmp.domain.heartbeat import CAP_CLAIM_PROVIDER, Heartbeat, sign_heartbeat
 from dmp.domain.keys import ed25519_public_from_seed
@@ -395,3 +395,18 @@ async def test_manifest_owner_is_in_sender_zone() -> None:
     sent = await send_message(alice, "bob", "where")
     assert sent.manifest_owner == slot_owner(bob.keys.user_id, sent.slot, "alice.example")
     assert keys_for("alice@alice.example") == alice.keys
+
+
+async def test_first_contacts_are_capped_per_receive() -> None:
+    """Claims from many strangers are followed a bounded batch at a time."""
+    world = World()
+    _alice, bob = await alice_and_bob(world)
+    for i in range(MAX_CLAIM_ZONES + 4):
+        stranger = world.user(f"s{i}", f"s{i}.example")
+        await send_message(stranger, "bob@bob.example", f"hello {i}")
+    first = await receive_messages(bob)
+    assert len(first.queued) == MAX_CLAIM_ZONES
+    assert any("left for later" in r.reason for r in first.rejected)
+    second = await receive_messages(bob)
+    assert len(second.queued) == 4
+    assert len({i.body for i in bob.intros.list()}) == MAX_CLAIM_ZONES + 4

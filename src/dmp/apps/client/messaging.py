@@ -91,6 +91,8 @@ from dmp.ports.transport import TransportError
 
 __all__ = [
     "DEFAULT_PROVIDER_LIMIT",
+    "MAX_CLAIM_ZONES",
+    "MAX_INTROS_PER_RECEIVE",
     "Delivered",
     "ReceiveResult",
     "Rejection",
@@ -102,6 +104,12 @@ __all__ = [
 
 DEFAULT_PROVIDER_LIMIT: Final = 3
 """Claim providers a send writes to, at most (wire.md §5.10)."""
+
+MAX_CLAIM_ZONES: Final = 16
+"""Sender zones one receive follows claims into (anyone can write a claim)."""
+
+MAX_INTROS_PER_RECEIVE: Final = 16
+"""First-contact messages one receive fetches and decrypts; more wait for the next."""
 
 Route = Literal["inbox", "intro"]
 Via = Literal["slot", "claim"]
@@ -630,9 +638,14 @@ class _Receiver:
                 (zone_key(claim.sender_mailbox_domain), claim.sender_spk, claim.msg_id), claim
             )
         zones: dict[str, str] = {}
-        for (zkey, _, _), claim in wanted.items():
-            if zkey not in self.walked:
-                zones.setdefault(zkey, strip_dot(claim.sender_mailbox_domain))
+        for (zkey, _, _), claim in list(wanted.items()):
+            if zkey in self.walked or zkey in zones:
+                continue
+            if len(zones) >= MAX_CLAIM_ZONES:
+                self.reject(claim.sender_mailbox_domain, "too many claimed zones; left for later")
+                del wanted[(zkey, claim.sender_spk, claim.msg_id)]
+                continue
+            zones[zkey] = strip_dot(claim.sender_mailbox_domain)
         owners: list[dns.name.Name] = []
         valid_zones: list[str] = []
         for zone in zones.values():
@@ -645,6 +658,7 @@ class _Receiver:
         self.lookups.merge(await lookup_many(self.deps, owners))
         for zone in valid_zones:
             self.read_slots(zone)
+        intros = 0
         for key, claim in wanted.items():
             manifest = self.found.get(key)
             if manifest is None:
@@ -655,6 +669,11 @@ class _Receiver:
                 continue
             zone = strip_dot(claim.sender_mailbox_domain)
             route: Route = "inbox" if self.pinned_for(manifest.sender_spk, zone) else "intro"
+            if route == "intro":
+                if intros >= MAX_INTROS_PER_RECEIVE:
+                    self.reject(zone, "too many first-contact messages; left for later")
+                    continue
+                intros += 1
             self.add_candidate(_Candidate(manifest, zone, route, "claim"))
 
 
