@@ -125,7 +125,14 @@ from dmp.domain.names import owner_text
 from dmp.domain.ratelimit import KeyedBuckets
 from dmp.domain.tsig import Refused, UpdateOp, authorize, untsigd_claim_hash12
 from dmp.ports.clock import Clock
-from dmp.ports.store import RecordStore, StoreError, StoreFull, TsigKey, TsigKeyStore
+from dmp.ports.store import (
+    RecordStore,
+    StoredRecord,
+    StoreError,
+    StoreFull,
+    TsigKey,
+    TsigKeyStore,
+)
 
 __all__ = [
     "DEFAULT_DNS_BURST",
@@ -308,6 +315,13 @@ def _owner_wire(owner: str) -> bytes | None:
         return None
 
 
+def _rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
+    """Uncompressed wire form of one rdata."""
+    wire = rdata.to_wire()
+    assert wire is not None
+    return wire
+
+
 def _read_name(wire: bytes, pos: int) -> tuple[list[bytes], int] | None:
     """Labels of the (possibly compressed) name at ``pos`` and the offset after it.
 
@@ -395,6 +409,8 @@ class DnsHandler:
             (dnspython's own path reads ``time.time()``).
         fast_updates: take the hand-rolled path for the common TSIG UPDATE
             shape (one TXT RR, one TSIG RR); off only to compare paths in tests.
+        fast_render: render answers to plain queries by hand on a cache miss
+            rather than through dnspython; off only to compare paths in tests.
 
     Attributes:
         counters: outcome → count for the slow path and UPDATEs (``noerror``,
@@ -414,6 +430,7 @@ class DnsHandler:
         tsig_keys: TsigKeyStore | None = None,
         wall: Callable[[], float] = time.time,
         fast_updates: bool = True,
+        fast_render: bool = True,
     ) -> None:
         self.config = config
         self._wall_now = wall
@@ -428,6 +445,16 @@ class DnsHandler:
         }
         self._claim_buckets: KeyedBuckets[str] = KeyedBuckets(config.claim_rate, config.claim_burst)
         self._apex = self._build_apex()
+        self._apex_rdata: dict[int, list[bytes]] = {
+            rdtype: [_rdata_wire(rd) for rd in rrset] for rdtype, rrset in self._apex.items()
+        }
+        self._soa_names = (
+            _name_wire(dns.name.from_text(config.apex_ns[0].rstrip(".") + "."))
+            + _name_wire(dns.name.from_text(config.apex_soa_rname.rstrip(".") + "."))
+            if self._zone is not None and config.apex_ns and config.apex_soa_rname
+            else None
+        )
+        self._fast_render = fast_render
         # answer cache
         self._cache: dict[bytes, _CacheEntry] = {}
         self._by_qname: dict[bytes, list[bytes]] = {}
@@ -640,8 +667,142 @@ class DnsHandler:
         except Exception:
             return _header_reply(wire, dns.rcode.FORMERR)
 
+    def _begin_read(self, qname_wire: bytes) -> int:
+        self._reading[qname_wire] = self._reading.get(qname_wire, 0) + 1
+        return self._epoch
+
+    def _end_read(self, qname_wire: bytes, epoch: int) -> bool:
+        """Close a store read; True when a write raced it (its result must not be cached)."""
+        stale = epoch != self._epoch or qname_wire in self._dirty
+        left = self._reading[qname_wire] - 1
+        if left:
+            self._reading[qname_wire] = left
+        else:
+            del self._reading[qname_wire]
+            self._dirty.discard(qname_wire)
+        return stale
+
+    async def _plain_query(
+        self, wire: bytes, parsed: tuple[bytes, int, int, int], now: float, transport: Transport
+    ) -> bytes | None:
+        """Answer a plain query without dnspython (same decisions as :meth:`_answer`).
+
+        Returns ``None`` for names it does not render (escaped characters), which
+        then take dnspython's path.
+        """
+        cfg = self.config
+        key, qname_end, qend, limit = parsed
+        offsets = []
+        i = 12
+        while wire[i]:
+            offsets.append(i)
+            i += wire[i] + 1
+        labels = [wire[o + 1 : o + 1 + wire[o]] for o in offsets]
+        if any(label.translate(None, _PLAIN_LABEL_BYTES) for label in labels):
+            return None
+        qname_wire = key[: qname_end - 12]
+        qtype, qclass = struct.unpack_from("!HH", wire, qname_end)
+        zone_at = -1
+        if self._zone is None:
+            in_zone = True
+        else:
+            for o in offsets:
+                if wire[o:qname_end].lower() == self._zone_wire:
+                    zone_at = o
+                    break
+            in_zone = zone_at >= 0
+        is_apex = zone_at == 12
+        rcode: int = dns.rcode.NOERROR
+        aa = True
+        answers: list[bytes] = []
+        authority: list[bytes] = []
+        valid_until = now + cfg.answer_cache_max_age_s
+        stale = False
+        ttl = struct.pack("!I", cfg.dns_ttl & 0xFFFFFFFF)
+        if qclass != dns.rdataclass.IN or qtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
+            rcode, aa = dns.rcode.REFUSED, False
+        else:
+            rows: list[StoredRecord] = []
+            if qtype == dns.rdatatype.TXT or not in_zone:
+                epoch = self._begin_read(qname_wire)
+                try:
+                    rows = await self._store.get(b".".join(labels).decode("ascii").lower(), now)
+                finally:
+                    stale = self._end_read(qname_wire, epoch)
+            soa = self._soa_rdata(now)
+            if qtype == dns.rdatatype.TXT and rows:
+                for row in rows:
+                    rdata = b"".join(bytes((len(p),)) + p for p in split_txt(row.value))
+                    answers.append(
+                        b"\xc0\x0c\x00\x10\x00\x01" + ttl + len(rdata).to_bytes(2, "big") + rdata
+                    )
+                    valid_until = min(valid_until, row.expires_at)
+            elif is_apex and qtype == dns.rdatatype.SOA and soa is not None:
+                answers.append(b"\xc0\x0c\x00\x06\x00\x01" + ttl + soa)
+            elif is_apex and qtype in self._apex_rdata and qtype != dns.rdatatype.SOA:
+                head = b"\xc0\x0c" + struct.pack("!HH", qtype, 1) + ttl
+                answers.extend(
+                    head + len(rd).to_bytes(2, "big") + rd for rd in self._apex_rdata[qtype]
+                )
+            elif not in_zone and not rows:
+                rcode, aa = dns.rcode.REFUSED, False
+            else:
+                if qtype == dns.rdatatype.TXT and not is_apex:
+                    rcode = dns.rcode.NXDOMAIN
+                if zone_at >= 0 and soa is not None:
+                    authority.append(
+                        struct.pack("!HHH", 0xC000 | zone_at, dns.rdatatype.SOA, 1) + ttl + soa
+                    )
+        self.counters[dns.rcode.to_text(dns.rcode.Rcode(rcode)).lower()] += 1
+        flags = 0x8000 | (0x0400 if aa else 0) | (wire[2] & 0x01) << 8 | rcode
+        edns = len(wire) > qend
+        opt = b"\x00\x00\x29" + cfg.edns_payload.to_bytes(2, "big") + b"\x00" * 6 if edns else b""
+        question = wire[12:qend]
+        full = b"".join(
+            (
+                wire[:2],
+                struct.pack("!HHHHH", flags, 1, len(answers), len(authority), 1 if edns else 0),
+                question,
+                *answers,
+                *authority,
+                opt,
+            )
+        )
+        if len(full) > _MAX_WIRE:
+            _log.warning("answer for %r is %d bytes, over 65535", key, len(full))
+            self.counters["servfail"] += 1
+            return _header_reply(wire, dns.rcode.SERVFAIL)
+        tc: bytes | None = None
+        if len(full) > _MIN_UDP:
+            counts = struct.pack("!HHHHH", flags | 0x0200, 1, 0, 0, 1 if edns else 0)
+            tc = wire[:2] + counts + question + opt
+        if not stale:
+            self._cache_put(key, (valid_until, full, tc, qname_end - 12))
+        if transport == "udp" and len(full) > limit:
+            assert tc is not None
+            return tc
+        return full
+
+    def _soa_rdata(self, now: float) -> bytes | None:
+        if self._soa_names is None:
+            return None
+        tail = struct.pack(
+            "!IIIII",
+            int(now) & 0xFFFFFFFF,
+            _SOA_REFRESH,
+            _SOA_RETRY,
+            _SOA_EXPIRE,
+            self.config.dns_ttl & 0xFFFFFFFF,
+        )
+        rdata = self._soa_names + tail
+        return len(rdata).to_bytes(2, "big") + rdata
+
     async def _handle_query(self, wire: bytes, now: float, transport: Transport) -> bytes | None:
         parsed = _parse_plain_query(wire)
+        if parsed is not None and self._fast_render:
+            reply = await self._plain_query(wire, parsed, now, transport)
+            if reply is not None:
+                return reply
         if self._tsig_keys is not None and parsed is None:
             await self._refresh_keyring(now)
         query = self._parse(wire)
@@ -660,21 +821,11 @@ class DnsHandler:
         qname = query.question[0].name
         qname_wire = _name_wire(qname).lower()
         cacheable = parsed is not None and not query.had_tsig
-        if cacheable:
-            self._reading[qname_wire] = self._reading.get(qname_wire, 0) + 1
-        epoch = self._epoch
-        stale = False
+        epoch = self._begin_read(qname_wire)
         try:
             resp, valid_until = await self._answer(query, now)
         finally:
-            if cacheable:
-                stale = epoch != self._epoch or qname_wire in self._dirty
-                left = self._reading[qname_wire] - 1
-                if left:
-                    self._reading[qname_wire] = left
-                else:
-                    del self._reading[qname_wire]
-                    self._dirty.discard(qname_wire)
+            stale = self._end_read(qname_wire, epoch)
         self.counters[dns.rcode.to_text(resp.rcode()).lower()] += 1
         full = resp.to_wire(max_size=_MAX_WIRE)  # raises TooBig → SERVFAIL
         limit = max(_MIN_UDP, query.payload) if query.edns >= 0 else _MIN_UDP
