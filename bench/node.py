@@ -25,7 +25,8 @@ Every write phase writes K new names; the names are read back afterwards and
 the count that landed is reported. Every load has a time and count limit.
 Only processes started here are signalled, by pid.
 
-Run inside the loopback-only namespace (``sh bench/netns.sh``)::
+Run inside a loopback-only namespace that nothing else uses (ports 5353/8053
+for the reference, 5354/8054 for ours; ``DMP_NETNS=dmpbench sh bench/netns.sh``)::
 
     ip netns exec dmpbench .venv/bin/python bench/node.py [--reps 3] [--secs 8] [--k 1000]
 

@@ -4,8 +4,9 @@ Not collected unless ``DMP_INTEROP=1`` (``make interop``). Needs:
 
 * a venv with the reference (``DMP_REF_VENV``, default /work/refvenv:
   ``python3 -m venv /work/refvenv && /work/refvenv/bin/pip install dnsmesh==0.7.5``);
-* a loopback-only network namespace (``sh bench/netns.sh``, then run pytest
-  through ``ip netns exec dmpbench``). The reference CLI falls back to public
+* a loopback-only network namespace of its own (``DMP_NETNS=dmpinterop sh
+  bench/netns.sh``, then run pytest through ``ip netns exec dmpinterop``; a
+  namespace shared with other runs may already have ports 80/5353 taken). The reference CLI falls back to public
   resolvers and a built-in claim provider; inside the namespace those lookups
   fail at once instead of leaving the machine. It also lets the node use the
   ports the CLI assumes (HTTP 80 for ``dnsmesh register --node 127.0.0.1``,
