@@ -574,3 +574,44 @@ async def test_build_and_run_in_process_with_a_stop_event() -> None:
             stop.set()
     with pytest.raises(StoreUnavailable):
         await node.store.count()
+
+
+def test_sigterm_during_write_load_exits_0_and_keeps_acknowledged_writes(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """A graceful stop under load: exit 0, and every 201 is there after the restart."""
+    node = new_node(nodes, tmp_path).start()
+    acked: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        stop, enough = anyio.Event(), anyio.Event()
+
+        async def stopper() -> None:
+            with anyio.move_on_after(30):
+                await enough.wait()
+            node.signal(signal.SIGTERM)
+            with anyio.move_on_after(15):
+                await anyio.to_thread.run_sync(node.proc.wait)  # type: ignore[union-attr]
+            stop.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stopper)
+            tg.start_soon(_write_load, node.url, acked, stop, (300, enough), 16, 50_000)
+
+    anyio.run(scenario)
+    assert node.wait() == 0, node.log()
+    assert len(acked) >= 300
+
+    restarted = new_node(nodes, tmp_path).start()
+    with httpx.Client(base_url=restarted.url, timeout=10) as client:
+        stats = client.get("/stats").json()
+        missing = [
+            name
+            for name, value in acked
+            if value
+            not in client.get(
+                f"/v1/records/{name}", headers={"Authorization": f"Bearer {TOKEN}"}
+            ).json()["values"]
+        ]
+    assert missing == []
+    assert stats["records"] >= len(acked)
