@@ -180,10 +180,11 @@ def pct(values: list[float], p: float) -> float | None:
 
 
 def run_dnsperf(
-    port: int, qfile: Path, secs: float, inflight: int, qps: int | None
+    port: int, qfile: Path, secs: float, inflight: int, qps: int | None, once: bool = False
 ) -> dict[str, Any]:
     cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-e", "-t", "2"]
-    cmd += ["-l", str(secs), "-q", str(inflight)]
+    cmd += ["-n", "1"] if once else ["-l", str(secs)]
+    cmd += ["-q", str(inflight)]
     if qps:
         cmd += ["-Q", str(qps), "-v"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60).stdout
@@ -282,6 +283,16 @@ def measure(
     plan = [(mix, "saturation", None) for mix in args.mixes] + [
         (mix, f"fixed {args.fixed_qps}/s", args.fixed_qps) for mix in ("hit", "miss")
     ]
+    if use_dnsperf:  # cold: every name once, each one a cache miss (fills the cache)
+        for mix in ("hit", "miss"):
+            cpu0 = proc_cpu_s(pid)
+            res = run_dnsperf(port, work / f"q_{mix}.txt", args.secs, args.inflight, None, True)
+            cpu = proc_cpu_s(pid) - cpu0
+            res.update(mix=mix, load="cold (1 pass)", driver="dnsperf")
+            if res.get("completed"):
+                res["cpu_us_per_q"] = round(cpu / res["completed"] * 1e6, 1)
+            results.append(res)
+            print(json.dumps(res), flush=True)
     for mix in args.mixes:  # warm the answer cache once per mix (bounded)
         _drive(use_dnsperf, port, work, mix, queries, min(2.0, args.secs), args.inflight, None)
     for mix, load, qps in plan:
