@@ -4,8 +4,10 @@ Wire in, wire out. The transport (:mod:`dmp.adapters.dns_server`) calls
 :meth:`DnsHandler.answer_cached` for every datagram or TCP frame first; it is
 synchronous and answers a plain query from the answer cache in a few
 microseconds. When it returns ``None`` the transport awaits
-:meth:`DnsHandler.handle`, which parses with dnspython, reads the store,
-renders, caches and applies UPDATEs. Reference behaviour: behaviour.md §e;
+:meth:`DnsHandler.handle`, which reads the store, renders, caches and applies
+UPDATEs. Plain queries (one question, no TSIG, EDNS version 0 or none, a
+name without escaped characters) are rendered by hand; everything else goes
+through dnspython, and Hypothesis tests check that both renderings agree. Reference behaviour: behaviour.md §e;
 TSIG and scopes: wire.md §7; multi-string TXT: wire.md §1.4.
 
 Queries (RFC 1034/1035, RFC 6891):
