@@ -9,7 +9,7 @@ The same sub-commands and flags as the reference CLI ``dnsmesh`` 0.7.5
     contacts add|list         send RECIPIENT MESSAGE      recv
     intro list|accept|trust|block                         doctor
     register                  tsig register               token list|forget
-    resolvers discover|list   node
+    resolvers discover|list   node                        agent start|status|stop
 
 Conventions:
 
@@ -30,6 +30,11 @@ the command that needs it. Check with
 ``python -X importtime -m dmp.apps.client --help``.
 
 Concrete adapters are chosen in :mod:`dmp.apps.client.wiring` only.
+
+The opt-in key agent (:mod:`dmp.apps.client.agent`, ``dnsmesh agent
+start``): while one runs for the config home, ``send`` and ``recv`` are
+handed to it right after argument parsing (this process then imports nothing
+else), and other commands take the keys from it instead of running Argon2id.
 
 Test-only environment hooks (never needed by users): ``DMP_KDF_PROFILE=test``
 (cheap Argon2, see wiring) and ``DMP_RESOLVER_CANDIDATES=ip[:port],...``
@@ -263,6 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--timeout", type=float, default=2.0, help="seconds per probe (2.0)")
     rsub.add_parser("list", help="print the configured resolvers")
 
+    # agent
+    agent = sub.add_parser("agent", help="keep your keys unlocked in a background agent")
+    asub = agent.add_subparsers(dest="agent_command", metavar="ACTION", parser_class=_Parser)
+    asub.required = True
+    ast = asub.add_parser("start", help="derive your keys once and serve them (opt-in)")
+    ast.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="exit after this long unused (900)",
+    )
+    ast.add_argument(
+        "--foreground", action="store_true", help="serve in this process instead of forking"
+    )
+    asub.add_parser("status", help="is an agent running for this config home?")
+    asub.add_parser("stop", help="stop the agent and forget the keys")
+
     # node
     node = sub.add_parser("node", help="run a dmp node in the foreground (dmp-node)")
     node.add_argument("--db-path", help="sqlite record store")
@@ -286,11 +309,17 @@ def _registration_flags(p: argparse.ArgumentParser) -> None:
 class Context:
     """What every command needs: where the config lives, output, the environment."""
 
-    def __init__(self, ns: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        ns: argparse.Namespace,
+        environ: Mapping[str, str],
+        held_keys: IdentityKeys | None = None,
+    ) -> None:
         from dmp.apps.client.config import config_home, tokens_home
 
         self.ns = ns
         self.environ = environ
+        self.held_keys = held_keys
         self.home: Path = config_home(ns.config_home, environ)
         self.tokens_home: Path = tokens_home(self.home, ns.tokens_home, environ)
         self._config: ClientConfig | None = None
@@ -344,13 +373,48 @@ class Context:
                 self.out(line)
 
     # -- identity
-    def unlock(self) -> IdentityKeys:
-        """Derive our keys from the passphrase, with the ``verify_pubkey`` tripwire.
+    def agent_keys(self) -> IdentityKeys | None:
+        """Our keys from the agent (or the keys it handed this run), if they are this config's.
+
+        None when no agent runs for the config home, ``DMP_AGENT=off``, the
+        agent holds another identity, or what it returned does not derive the
+        config's ``verify_pubkey``.
+        """
+        cfg = self.config
+        want = cfg.verify_pubkey.lower()
+        if not want:
+            return None
+        keys = self.held_keys
+        if keys is None:
+            from dmp.apps.client import agent
+
+            if agent.agent_mode(self.environ) == "off":
+                return None
+            if not agent.socket_path(self.home).exists():
+                return None
+            private = agent.fetch_private_key(self.home, cfg.kdf_salt, want)
+            if private is None:
+                return None
+            from dmp.domain.crypto import IdentityKeys
+
+            keys = IdentityKeys.from_x25519_private(private)
+        return keys if keys.ed25519_public.hex() == want else None
+
+    def unlock(self, *, use_agent: bool = True) -> IdentityKeys:
+        """Our keys: from the agent when one serves this identity, else derived.
+
+        Deriving reads the passphrase (``DMP_PASSPHRASE``, ``passphrase_file``,
+        a prompt) and runs Argon2id, with the ``verify_pubkey`` tripwire.
 
         Raises:
             PassphraseError: no passphrase, or it derives another identity.
         """
         from dmp.apps.client.config import PassphraseError, read_passphrase
+
+        if use_agent:
+            held = self.agent_keys()
+            if held is not None:
+                return held
         from dmp.apps.client.wiring import kdf_params
         from dmp.domain.crypto import derive_identity
 
@@ -1223,6 +1287,77 @@ def cmd_token_forget(ctx: Context, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- agent
+
+
+def cmd_agent_start(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client import agent
+
+    if not ns.idle_timeout > 0:
+        raise CliError("--idle-timeout must be positive")
+    cfg = ctx.config
+    keys = ctx.unlock(use_agent=False)  # always from the passphrase
+    spk = keys.ed25519_public.hex()
+    if cfg.verify_pubkey.lower() != spk:
+        raise CliError(
+            "the agent only holds the identity recorded in config.yaml (verify_pubkey); "
+            "this passphrase derives another one"
+        )
+    server = agent.AgentServer(
+        ctx.home, keys.x25519_private, cfg.kdf_salt, spk, idle_timeout_s=ns.idle_timeout
+    )
+    server.bind()
+    lines = [
+        f"  socket: {server.path}",
+        f"  identity: {cfg.address}, signing key {spk[:16]}…",
+        f"  idle timeout: {ns.idle_timeout:g} s; `dnsmesh agent stop` ends it sooner",
+        "  while it runs, commands on this config home need no passphrase",
+    ]
+    if ns.foreground:
+        ctx.out(f"agent serving in the foreground (pid {os.getpid()})")
+        for line in lines:
+            ctx.out(line)
+        sys.stdout.flush()
+        agent.serve_foreground(server)
+        return EXIT_OK
+    pid = agent.daemonize(server)
+    ctx.out(f"agent started (pid {pid})")
+    for line in lines:
+        ctx.out(line)
+    return EXIT_OK
+
+
+def cmd_agent_status(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client import agent
+
+    info = agent.status(ctx.home)
+    if info is None:
+        ctx.out(f"no agent running for {ctx.home}")
+        return EXIT_USER
+    spk = str(info.get("verify_pubkey", ""))
+    ctx.out(f"agent running (pid {info.get('pid')}) for {info.get('home')}")
+    ctx.out(f"  signing key: {spk[:16]}…")
+    ctx.out(
+        f"  idle timeout: {float(info.get('idle_timeout_s', 0)):g} s "
+        f"({float(info.get('idle_left_s', 0)):.0f} s left unless used)"
+    )
+    ctx.out(f"  requests served: {info.get('requests')}")
+    if agent.agent_mode(ctx.environ) == "off":
+        ctx.out(f"  note: {agent.AGENT_ENV}=off here, so commands do not use it")
+    return EXIT_OK
+
+
+def cmd_agent_stop(ctx: Context, ns: argparse.Namespace) -> int:
+    from dmp.apps.client import agent
+
+    info = agent.stop(ctx.home)
+    if info is None:
+        ctx.out(f"no agent running for {ctx.home}")
+        return EXIT_USER
+    ctx.out(f"agent stopped (pid {info.get('pid')})")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- node
 
 
@@ -1267,6 +1402,9 @@ COMMANDS: dict[tuple[str, str | None], Callable[[Context, argparse.Namespace], i
     ("token", "list"): cmd_token_list,
     ("token", "forget"): cmd_token_forget,
     ("node", None): cmd_node,
+    ("agent", "start"): cmd_agent_start,
+    ("agent", "status"): cmd_agent_status,
+    ("agent", "stop"): cmd_agent_stop,
 }
 
 
@@ -1286,12 +1424,19 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    held_keys: IdentityKeys | None = None,
+) -> int:
     """Entry point of ``dnsmesh``; returns the exit code.
 
     Args:
         argv: arguments without the program name (``sys.argv[1:]`` when None).
         environ: the environment (``os.environ`` when None).
+        held_keys: the identity, already unlocked (the agent running a
+            command); used when it matches the config's ``verify_pubkey``.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     env: Mapping[str, str] = os.environ if environ is None else environ
@@ -1299,9 +1444,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         ns = build_parser().parse_args(args)
     except SystemExit as exc:  # --help, or a usage error (already printed)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USER
+    if held_keys is None and ns.command in ("send", "recv"):
+        done = _run_in_agent(ns, args, env)
+        if done is not None:
+            return done
     handler = COMMANDS[(ns.command, _action(ns))]
     try:
-        return handler(Context(ns, env), ns)
+        return handler(Context(ns, env, held_keys), ns)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -1319,6 +1468,28 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             message = f"unexpected {type(leaf).__name__}: {message} (--debug shows a traceback)"
         print(f"{PROG}: {message}", file=sys.stderr)
         return code
+
+
+def _run_in_agent(ns: argparse.Namespace, args: list[str], env: Mapping[str, str]) -> int | None:
+    """Hand ``send``/``recv`` to the agent of the config home; None: run it here."""
+    from dmp.apps.client import agent
+
+    if agent.agent_mode(env) != "on":
+        return None
+    home = agent.resolve_home(ns.config_home, env)
+    if not agent.socket_path(home).exists():
+        return None
+    try:
+        done = agent.try_run(home, args, env)
+    except agent.AgentError as exc:
+        print(f"{PROG}: {_one_line(exc)}", file=sys.stderr)
+        return int(exc.exit_code)
+    if done is None:
+        return None
+    code, out, err = done
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return code
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -1339,6 +1510,7 @@ def _is_expected(exc: BaseException) -> bool:
 
 _EXPECTED = frozenset(
     {
+        "dmp.apps.client.agent.AgentError",
         "dmp.apps.client.config.ConfigError",
         "dmp.ports.client_state.ClientStateError",
         "dmp.ports.transport.TransportError",
