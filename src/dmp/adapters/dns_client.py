@@ -45,6 +45,7 @@ import contextlib
 import errno
 import socket
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import anyio
 import dns.exception
@@ -207,6 +208,25 @@ def _truncated_header(wire: bytes, query_id: int) -> bool:
     )
 
 
+def _ip_literal(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]] | None:
+    """``(family, sockaddr)`` for an IPv4/IPv6 literal, without a resolver round trip.
+
+    None for anything else (names, scoped IPv6 such as ``fe80::1%eth0``):
+    those go through ``getaddrinfo`` (which costs a worker-thread hop).
+    """
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        pass
+    else:
+        return socket.AF_INET, (host, port)
+    try:
+        socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        return None
+    return socket.AF_INET6, (host, port, 0, 0)
+
+
 async def _udp_exchange(
     query: dns.message.Message, wire: bytes, host: str, port: int, leg_timeout_s: float
 ) -> tuple[bytes, dns.message.Message | None]:
@@ -216,10 +236,14 @@ async def _udp_exchange(
     parse (only its header was usable).
     """
     with anyio.fail_after(leg_timeout_s):
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        if not infos:
-            raise OSError(errno.EHOSTUNREACH, "no address")
-        family, _, _, _, sockaddr = infos[0]
+        literal = _ip_literal(host, port)
+        if literal is not None:
+            family, sockaddr = literal
+        else:
+            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            if not infos:
+                raise OSError(errno.EHOSTUNREACH, "no address")
+            family, _, _, _, sockaddr = infos[0]
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             sock.connect(sockaddr)
