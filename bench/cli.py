@@ -26,6 +26,12 @@ Setups (the reference's own is ``../shared/perf/bench-ref/bench_cli.py``):
   register`` and every write as an RFC 2136 UPDATE with TSIG.
 * ``dmp/http``: our node and our CLI with the operator token over HTTP
   (the reference's setup, for a like-for-like ratio).
+* ``dmp/tsig+agent``, ``dmp/http+agent``: the same with ``dnsmesh agent
+  start`` run for both users after setup (the opt-in key agent: ``send`` and
+  ``recv`` are executed by the already-unlocked, already-imported agent).
+* ``dmp/tsig+keys``: the agent with ``DMP_AGENT=keys``: it only hands out
+  the keys (no Argon2id per command), the commands still run in their own
+  process (shows what the imports cost).
 
 Nodes use the CLI's dev ports (DNS 5353, HTTP 8053): the reference's ``init``
 probes only 5353 and 53. Both are configured by the same DMP_* environment.
@@ -73,6 +79,16 @@ TSIG_ENV = {
 }
 
 
+SETUP_NAMES = {
+    ("ref", "http", ""): "ref/http",
+    ("dmp", "tsig", ""): "dmp/tsig",
+    ("dmp", "http", ""): "dmp/http",
+    ("dmp", "tsig", "on"): "dmp/tsig+agent",
+    ("dmp", "http", "on"): "dmp/http+agent",
+    ("dmp", "tsig", "keys"): "dmp/tsig+keys",
+}
+
+
 def med(xs: list[float]) -> float | None:
     return round(statistics.median(xs), 3) if xs else None
 
@@ -80,8 +96,9 @@ def med(xs: list[float]) -> float | None:
 class Cli:
     """One implementation's ``dnsmesh`` executable."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, extra_env: dict[str, str] | None = None) -> None:
         self.kind = kind
+        self.extra_env = dict(extra_env or {})
         if kind == "ref":
             venv = ref_venv()
             assert venv is not None
@@ -100,6 +117,7 @@ class Cli:
             "HOME": str(home or tempfile.gettempdir()),
             "DMP_PASSPHRASE": f"{user}-correct-horse-battery",
             "PYTHONDONTWRITEBYTECODE": "1",
+            **self.extra_env,
         }
         t0 = time.perf_counter()
         p = subprocess.run([self.exe, *args], env=env, capture_output=True, text=True, timeout=120)
@@ -116,15 +134,23 @@ def help_times(cli: Cli, reps: int = 7) -> list[float]:
     return [cli.run(None, "x", "--help")[0] for _ in range(reps)]
 
 
-def scenario(kind: str, mode: str, n: int, workdir: Path) -> dict[str, Any]:
+def scenario(kind: str, mode: str, n: int, workdir: Path, agent: str = "") -> dict[str, Any]:
+    """One setup; ``agent`` is "" (none), "on" (agent runs send/recv) or "keys" (keys only)."""
     env = dict(NODE_ENV)
     if mode == "tsig":
         env.update(TSIG_ENV)
+    suffix = {"": "", "on": "-agent", "keys": "-keys"}[agent]
     node = NodeProc(
-        kind, f"cli-{kind}-{mode}", workdir, dns_port=DNS_PORT, http_port=HTTP_PORT, env=env
+        kind,
+        f"cli-{kind}-{mode}{suffix}",
+        workdir,
+        dns_port=DNS_PORT,
+        http_port=HTTP_PORT,
+        env=env,
     )
-    cli = Cli(kind)
-    out: dict[str, Any] = {"impl": kind, "mode": mode}
+    cli = Cli(kind, {"DMP_AGENT": "keys"} if agent == "keys" else None)
+    out: dict[str, Any] = {"impl": kind, "mode": mode, "agent": agent or "none"}
+    agents: list[tuple[Path, str]] = []
     node.start(timeout=30)
     try:
         homes = {u: node.dir / f"home-{u}" for u in ("alice", "bob")}
@@ -161,6 +187,10 @@ def scenario(kind: str, mode: str, n: int, workdir: Path) -> dict[str, Any]:
             cli.run(home, user, "identity", "publish")
         cli.run(homes["alice"], "alice", "identity", "fetch", f"bob@{ZONE}", "--add")
         cli.run(homes["bob"], "bob", "identity", "fetch", f"alice@{ZONE}", "--add")
+        if agent:
+            for user, home in homes.items():
+                cli.run(home, user, "agent", "start", "--idle-timeout", "600")
+                agents.append((home, user))
         sends: list[float] = []
         recvs: list[float] = []
         empties: list[float] = []
@@ -189,6 +219,8 @@ def scenario(kind: str, mode: str, n: int, workdir: Path) -> dict[str, Any]:
             }
         )
     finally:
+        for home, user in agents:  # the agents this run started, through their sockets
+            cli.run(home, user, "agent", "stop", check=False)
         node.stop()
     return out
 
@@ -223,23 +255,29 @@ def main() -> int:
         results["help_ref_s"] = med(help_times(Cli("ref")))
     with tempfile.TemporaryDirectory(prefix="dmp-bench-cli-") as tmp:
         work = Path(tmp)
-        setups = [("dmp", "tsig"), ("dmp", "http")]
+        setups = [
+            ("dmp", "tsig", ""),
+            ("dmp", "http", ""),
+            ("dmp", "tsig", "on"),
+            ("dmp", "http", "on"),
+            ("dmp", "tsig", "keys"),
+        ]
         if with_ref:
-            setups.insert(0, ("ref", "http"))
-        for kind, mode in setups:
-            r = scenario(kind, mode, args.n, work)
-            results[f"{kind}/{mode}"] = r
+            setups.insert(0, ("ref", "http", ""))
+        for kind, mode, agent in setups:
+            r = scenario(kind, mode, args.n, work, agent)
+            results[SETUP_NAMES[(kind, mode, agent)]] = r
             print(json.dumps({k: v for k, v in r.items() if not isinstance(v, list)}), flush=True)
 
     ref = results.get("ref/http", {})
     print("\n== dnsmesh CLI, wall time per process (median) ==")
-    print(f"{'setup':<10} {'send':>7} {'recv':>7} {'recv∅':>7} {'e2e':>7} {'delivered':>9}")
-    for key in ("ref/http", "dmp/tsig", "dmp/http"):
+    print(f"{'setup':<15} {'send':>7} {'recv':>7} {'recv∅':>7} {'e2e':>7} {'delivered':>9}")
+    for key in SETUP_NAMES.values():
         r = results.get(key)
         if not r:
             continue
         print(
-            f"{key:<10} {r.get('send_s') or '-':>7} {r.get('recv_s') or '-':>7} "
+            f"{key:<15} {r.get('send_s') or '-':>7} {r.get('recv_s') or '-':>7} "
             f"{r.get('recv_empty_s') or '-':>7} {r.get('send_recv_e2e_s') or '-':>7} "
             f"{r.get('delivered', 0)}/{r.get('n', 0):<7}"
         )
@@ -252,10 +290,10 @@ def main() -> int:
         )
     )
     if ref:
-        for key in ("dmp/tsig", "dmp/http"):
+        for key in list(SETUP_NAMES.values())[1:]:
             r = results.get(key, {})
             print(
-                f"{key} / ref/http: send {ratio(r.get('send_s'), ref.get('send_s'))}, "
+                f"{key:<15} / ref/http: send {ratio(r.get('send_s'), ref.get('send_s'))}, "
                 f"recv {ratio(r.get('recv_s'), ref.get('recv_s'))}, "
                 f"e2e {ratio(r.get('send_recv_e2e_s'), ref.get('send_recv_e2e_s'))} "
                 f"(target ≤ {E2E_TARGET_RATIO:.2f})"

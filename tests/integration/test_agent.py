@@ -285,6 +285,22 @@ def test_one_agent_per_config_home(people: Any, serve: Any) -> None:
     assert "already running" in err
 
 
+def test_a_busy_agent_is_not_replaced(people: Any) -> None:
+    """Something accepts on the socket but does not answer yet: still counts as running."""
+    import socket
+
+    alice = people("alice")
+    alice.offline_init()
+    path = agent.socket_path(alice.home)
+    path.parent.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(str(path))
+        busy.listen(4)
+        with pytest.raises(agent.AgentError, match="already running"):
+            alice.server().bind()
+        assert path.exists()
+
+
 # ---------------------------------------------------------------- idle timeout
 
 

@@ -18,7 +18,8 @@ Errors are mapped in one place (:func:`_mapped_errors`):
 text in the message.
 
 Each object owns one ``httpx.AsyncClient`` (created on first use, so
-connections are reused across calls); close it with ``aclose()`` or use the
+connections are reused across calls, and httpx is imported only then: a
+``recv`` that never writes does not pay for it); close it with ``aclose()`` or use the
 object as an async context manager. Tests inject an
 ``httpx.AsyncBaseTransport`` (``httpx.MockTransport``, or
 ``httpx.ASGITransport`` over the node's Quart app).
@@ -31,12 +32,13 @@ import json
 import urllib.parse
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Self
-
-import dns.name
-import httpx
+from typing import TYPE_CHECKING, Any, Self
 
 from dmp.ports.transport import ExchangeTimeout, PeerRejected, PeerUnreachable
+
+if TYPE_CHECKING:
+    import dns.name
+    import httpx
 
 __all__ = ["DEFAULT_HTTP_TIMEOUT_S", "BearerWriter", "RegistrationClient", "normalize_base_url"]
 
@@ -62,6 +64,8 @@ def normalize_base_url(url: str) -> str:
 @contextlib.contextmanager
 def _mapped_errors(what: str) -> Iterator[None]:
     """Turn httpx failures into port errors."""
+    import httpx
+
     try:
         yield
     except httpx.TimeoutException as exc:
@@ -118,6 +122,8 @@ class _Session:
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            import httpx
+
             self._client = httpx.AsyncClient(
                 base_url=self.base_url,
                 transport=self._transport,

@@ -221,6 +221,17 @@ def _connect(home: Path, timeout: float | None) -> socket.socket | None:
     return sock
 
 
+def _listening(path: Path) -> bool:
+    """Does a process accept connections on ``path`` (whether or not it answers yet)?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def _exchange(sock: socket.socket, request: Mapping[str, Any]) -> dict[str, Any]:
     with sock:
         sock.sendall(json.dumps({"v": PROTOCOL, **request}).encode("utf-8"))
@@ -258,15 +269,18 @@ def fetch_private_key(home: Path, kdf_salt: str, verify_pubkey: str) -> bytes | 
     return key if len(key) == 32 else None
 
 
-def status(home: Path) -> dict[str, Any] | None:
-    """What the agent of ``home`` reports about itself; None when none answers."""
-    answer = _ask(home, {"op": "status"})
+def status(home: Path, timeout: float = 15.0) -> dict[str, Any] | None:
+    """What the agent of ``home`` reports about itself; None when none answers.
+
+    The timeout is long because the agent answers after the command it may be running.
+    """
+    answer = _ask(home, {"op": "status"}, timeout)
     return answer if answer and answer.get("ok") else None
 
 
-def stop(home: Path) -> dict[str, Any] | None:
+def stop(home: Path, timeout: float = 15.0) -> dict[str, Any] | None:
     """Ask the agent of ``home`` to exit; its last status, or None when none answered."""
-    answer = _ask(home, {"op": "stop"})
+    answer = _ask(home, {"op": "stop"}, timeout)
     return answer if answer and answer.get("ok") else None
 
 
@@ -296,7 +310,7 @@ def try_run(
         "environ": dict(environ),
         "cwd": os.getcwd(),
         "umask": umask,
-        "home": str(home.absolute()),
+        "home": str(home.resolve()),
     }
     try:
         sock.settimeout(None)  # a command may take as long as it takes
@@ -379,7 +393,7 @@ class AgentServer:
             raise ValueError("x25519_private must be 32 bytes")
         if idle_timeout_s <= 0:
             raise ValueError("idle timeout must be positive")
-        self.home = home.absolute()
+        self.home = home.resolve()
         self.path = socket_path(self.home)
         self._key = x25519_private
         self.kdf_salt = kdf_salt.lower()
@@ -415,7 +429,7 @@ class AgentServer:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             raise AgentError(f"{folder} is not a directory owned by you")
         os.chmod(folder, 0o700)
-        if status(self.home) is not None:
+        if _listening(self.path):
             raise AgentError(
                 f"an agent is already running for {self.home} (`dnsmesh agent stop` first)"
             )
