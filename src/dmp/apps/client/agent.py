@@ -71,6 +71,8 @@ Security notes (read before enabling):
 * Clients verify what the agent hands out: the returned private key must
   derive the config's ``verify_pubkey`` or it is ignored.
 * The agent runs the code it started with: after upgrading dmp, restart it.
+  Ctrl-C in ``dnsmesh send``/``recv`` stops waiting for the agent, not the
+  command it is running.
 """
 
 from __future__ import annotations
@@ -451,6 +453,18 @@ class AgentServer:
         self._sock = sock
         self._inode = os.stat(self.path).st_ino
 
+    @property
+    def bound(self) -> bool:
+        """Is it listening (in this process)?"""
+        return self._sock is not None
+
+    def release(self) -> None:
+        """Close this process's copy of the listening socket, leaving the file (after a fork)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._inode = None
+
     def close(self) -> None:
         """Stop listening and remove the socket (only if it is still ours)."""
         if self._sock is not None:
@@ -595,6 +609,7 @@ def _warm_up() -> None:
         "dmp.adapters.dns_client",
         "dmp.adapters.client_state",
         "anyio._backends._asyncio",
+        "httpx",  # the HTTP writer imports it on its first request
     ):
         with contextlib.suppress(Exception):
             __import__(name)
@@ -613,7 +628,7 @@ def _serve_here(server: AgentServer) -> None:
 
 def serve_foreground(server: AgentServer) -> None:
     """Serve in this process until stopped (``agent start --foreground``); binds if needed."""
-    if server._sock is None:
+    if not server.bound:
         server.bind()
     _serve_here(server)
 
@@ -624,15 +639,13 @@ def daemonize(server: AgentServer) -> int:
     The child starts a new session, points stdin/stdout/stderr at /dev/null,
     serves until it stops and exits without returning. Binds if needed.
     """
-    if server._sock is None:
+    if not server.bound:
         server.bind()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
-        assert server._sock is not None
-        server._sock.close()  # the child owns it now
-        server._sock = None
+        server.release()  # the child owns the socket now
         return pid
     code = 0
     try:

@@ -1484,6 +1484,9 @@ def _run_in_agent(ns: argparse.Namespace, args: list[str], env: Mapping[str, str
     except agent.AgentError as exc:
         print(f"{PROG}: {_one_line(exc)}", file=sys.stderr)
         return int(exc.exit_code)
+    except KeyboardInterrupt:  # we stop waiting; the agent finishes the command
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     if done is None:
         return None
     code, out, err = done
