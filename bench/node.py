@@ -405,6 +405,73 @@ def count_landed(port: int, records: Sequence[dict[str, Any]]) -> int:
     return landed
 
 
+# ---------------------------------------------------------------- Knot (optional anchor)
+
+
+class Knot:
+    """Knot DNS serving the corpus zone file on 127.0.0.1 (``apt-get install knot``)."""
+
+    def __init__(self, work: Path, zonefile: Path, port: int = 5355) -> None:
+        self.port = port
+        self.dir = work / "knot"
+        (self.dir / "db").mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "knot.conf"
+        self.conf.write_text(
+            f"server:\n    listen: 127.0.0.1@{port}\n    rundir: {self.dir}\n"
+            f"log:\n  - target: stderr\n    any: warning\n"
+            f"database:\n    storage: {self.dir}/db\n"
+            f"template:\n  - id: default\n    storage: {self.dir}\n    zonefile-sync: -1\n"
+            f"    journal-content: none\n"
+            f"zone:\n  - domain: {ZONE}\n    file: {zonefile}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> float:
+        import dns.message
+        import dns.query
+
+        log_fh = open(self.dir / "knot.log", "ab")  # noqa: SIM115 - lives as long as knotd
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(["knotd", "-c", str(self.conf)], stdout=log_fh,
+                                     stderr=subprocess.STDOUT)  # fmt: skip
+        log_fh.close()
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"knotd exited rc={self.proc.returncode}")
+            try:
+                q = dns.message.make_query(ZONE, "SOA")
+                if dns.query.udp(q, "127.0.0.1", port=self.port, timeout=0.3).answer:
+                    return time.perf_counter() - t0
+            except Exception:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError("knotd not ready")
+
+    def rss_kib(self) -> int:
+        from nodelib import proc_status
+
+        return proc_status(self.pid).get("VmRSS", 0)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+
 # ---------------------------------------------------------------- phases
 
 
@@ -450,10 +517,14 @@ def startup_phase(work: Path, reuse: str | None, reps: int) -> dict[str, Any]:
     return out
 
 
-def read_phase(work: Path, corpus: Path, reps: int, secs: float) -> dict[str, Any]:
+def read_phase(work: Path, corpus: Path, reps: int, secs: float, knot: bool) -> dict[str, Any]:
     nodes = start_pair(work, READ_ENV, "read")
     res: dict[str, Any] = {"runs": [], "populate": {}, "startup_empty_s": {}, "idle_rss_mib": {}}
+    knotd = Knot(work, corpus / "zone.db") if knot else None
     try:
+        if knotd is not None:
+            res["knot_start_s"] = knotd.start()
+            res["knot_rss_mib"] = round(knotd.rss_kib() / 1024, 1)
         for kind, node in nodes.items():
             res["startup_empty_s"][kind] = node.start(timeout=30)
         records = load_records(corpus)
@@ -487,6 +558,12 @@ def read_phase(work: Path, corpus: Path, reps: int, secs: float) -> dict[str, An
                                 outstanding=100, max_qps=qps)  # fmt: skip
                     r.update(kind=kind, file=fname, load=load, rep=rep)
                     res["runs"].append(r)
+                    if kind == "ref" and knotd is not None and load == "sat":
+                        k = dnsperf(knotd.port, corpus / f"q_{fname}.txt", pid=knotd.pid,
+                                    seconds=secs, outstanding=100)  # fmt: skip
+                        k.update(kind="knot", file=fname, load=load, rep=rep)
+                        res["runs"].append(k)
+                        log(f"  read {load:>4} {fname:<5} knot: {k['qps']} q/s, lost {k['lost']}")
                     log(f"  read {load:>4} {fname:<5} {kind}: {r['qps']} q/s, lost {r['lost']}, "
                         f"p50 {r['p50_ms']} p99 {r['p99_ms']} ms, {r.get('cpu_us_per_q')} µs CPU/q")  # fmt: skip
         for kind, node in nodes.items():
@@ -494,6 +571,8 @@ def read_phase(work: Path, corpus: Path, reps: int, secs: float) -> dict[str, An
     finally:
         for kind, node in nodes.items():
             res.setdefault("exit_codes", {})[kind] = node.stop()
+        if knotd is not None:
+            knotd.stop()
     return res
 
 
@@ -579,6 +658,23 @@ def ratios(
     return out
 
 
+def knot_ratios(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per query file at saturation: median Knot q/s and median per-rep dmp/knot."""
+    out: dict[str, dict[str, float]] = {}
+    by: dict[tuple[str, int], dict[str, float]] = {}
+    for r in runs:
+        if r["load"] == "sat" and r.get("qps"):
+            by.setdefault((r["file"], r["rep"]), {})[r["kind"]] = r["qps"]
+    for fname in READ_FILES:
+        reps = [v for (f, _), v in by.items() if f == fname and "knot" in v and "dmp" in v]
+        if reps:
+            out[fname] = {
+                "knot": med([v["knot"] for v in reps]) or 0.0,
+                "ratio": med([v["dmp"] / v["knot"] for v in reps]) or 0.0,
+            }
+    return out
+
+
 def report(res: dict[str, Any]) -> str:
     lines = ["", "dmp-node vs reference dnsmesh 0.7.5, one run (medians; ratio = dmp/ref per rep)"]
     rd = res.get("read")
@@ -596,6 +692,10 @@ def report(res: dict[str, Any]) -> str:
                 f"{q[g]['ratio_median'] or 0:>8.1f}×{c[g]['dmp'] or 0:>10.1f}{c[g]['ref'] or 0:>10.1f}"
                 f"{p50[g]['dmp']:>8.3f}/{p99[g]['dmp']:<8.3f}{p50[g]['ref']:>8.3f}/{p99[g]['ref']:<8.3f}"
             )
+        knot_q = knot_ratios(rd["runs"])
+        if knot_q:
+            lines.append("Knot DNS 3 on the same corpus, same run (sat): " + ", ".join(
+                f"{f} {v['knot']:,.0f} q/s (dmp/knot {v['ratio']:.2f})" for f, v in knot_q.items()))  # fmt: skip
         lines.append(f"populate 10k over HTTP (4 clients): dmp {rd['populate']['dmp']['writes_per_s']} w/s, "
                      f"ref {rd['populate']['ref']['writes_per_s']} w/s")  # fmt: skip
         lines.append(f"RSS after populate (idle): dmp {rd['idle_rss_mib']['dmp']} MiB, ref {rd['idle_rss_mib']['ref']} MiB; "
@@ -635,6 +735,12 @@ def targets(res: dict[str, Any]) -> list[tuple[str, bool, str]]:
         q = ratios(rd["runs"], lambda r: (r["load"], r["file"]), "qps")
         worst = min((v["ratio_median"] or 0) for g, v in q.items() if g[0] == "sat")
         out.append(("reads ≥ 100× reference q/s (worst query mix)", worst >= 100, f"{worst:.0f}×"))
+        kq = knot_ratios(rd["runs"])
+        if kq:
+            worst_k = min(v["ratio"] for v in kq.values())
+            out.append(
+                ("reads ≥ ½ of Knot's q/s (worst query mix)", worst_k >= 0.5, f"{worst_k:.2f}")
+            )
         p99 = ratios(rd["runs"], lambda r: (r["load"], r["file"]), "p99_ms")
         worst_p99 = max(v["dmp"] for g, v in p99.items() if g[0] == "Q200")
         out.append(("p99 < 1 ms at 200 q/s", worst_p99 < 1.0, f"{worst_p99:.3f} ms"))
@@ -662,6 +768,7 @@ def main() -> int:
                     help="run only these phases (repeatable)")  # fmt: skip
     ap.add_argument("--work", default=None, help="work directory (default: a fresh temp dir)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "node.json"))
+    ap.add_argument("--no-knot", action="store_true", help="skip Knot DNS even if installed")
     ap.add_argument("--dmp-env", action="append", default=[], metavar="VAR=VALUE",
                     help="extra environment for our node only (experiments)")  # fmt: skip
     ap.add_argument("--host-net", action="store_true",
@@ -691,7 +798,8 @@ def main() -> int:
     corpus = make_corpus(work, 10_000, "corpus")
     if "read" in phases:
         log("read phase")
-        res["read"] = read_phase(work, corpus, a.reps, a.secs)
+        knot = shutil.which("knotd") is not None and not a.no_knot
+        res["read"] = read_phase(work, corpus, a.reps, a.secs, knot)
     if "write" in phases:
         need = a.reps * 5 * 2 * a.k * 10 // 9 + 100
         corpus_w = make_corpus(work, max(30_000, need), "corpus_w")
