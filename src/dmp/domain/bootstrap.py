@@ -41,7 +41,6 @@ import attrs
 from dmp.domain import keys
 from dmp.domain.cluster import (
     check_key,
-    check_seed,
     check_u64,
     check_wire_len,
     dns_names_equal,
@@ -240,7 +239,7 @@ def sign_bootstrap(record: BootstrapRecord, signing_seed: bytes) -> str:
         RecordTooLong: the TXT value would exceed 1200 bytes.
     """
     body = record.body()
-    check_seed(signing_seed, record.signer_spk, "signer_spk")
+    keys.check_signing_seed(signing_seed, record.signer_spk, "signer_spk")
     wire = BOOTSTRAP_PREFIX + b64encode(body + keys.sign(signing_seed, body))
     check_wire_len(wire)
     return wire

@@ -144,10 +144,7 @@ def sign_claim(record: Claim, signing_seed: bytes) -> str:
         RecordTooLong: the wire would exceed 255 bytes.
     """
     body = record.body()
-    if len(signing_seed) != 32:
-        raise MalformedRecord("Ed25519 seed must be 32 bytes")
-    if keys.ed25519_public_from_seed(signing_seed) != record.sender_spk:
-        raise MalformedRecord("signing seed does not match the claim's sender_spk")
+    keys.check_signing_seed(signing_seed, record.sender_spk, "sender_spk")
     wire = CLAIM_PREFIX + b64encode(body + keys.sign(signing_seed, body))
     if len(wire) > CLAIM_MAX_WIRE_LEN:
         raise RecordTooLong(f"claim wire of {len(wire)} bytes exceeds {CLAIM_MAX_WIRE_LEN}")

@@ -70,7 +70,6 @@ __all__ = [
     "ClusterManifest",
     "ClusterNode",
     "check_key",
-    "check_seed",
     "check_u64",
     "check_wire_len",
     "decode_cluster_body",
@@ -195,18 +194,6 @@ def check_key(value: bytes, field: str) -> None:
     """
     if len(value) != _KEY_LEN:
         raise MalformedRecord(f"{field} must be {_KEY_LEN} bytes, got {len(value)}")
-
-
-def check_seed(signing_seed: bytes, public_key: bytes, field: str) -> None:
-    """Check that ``signing_seed`` is the 32-byte Ed25519 seed of ``public_key``.
-
-    Raises:
-        MalformedRecord: the seed is not 32 bytes or belongs to another key.
-    """
-    if len(signing_seed) != 32:
-        raise MalformedRecord("Ed25519 seed must be 32 bytes")
-    if keys.ed25519_public_from_seed(signing_seed) != public_key:
-        raise MalformedRecord(f"signing seed does not match the record's {field}")
 
 
 class _HasSeq(Protocol):
@@ -437,7 +424,7 @@ def sign_cluster(manifest: ClusterManifest, signing_seed: bytes) -> str:
     body = manifest.body()
     if not manifest.nodes:
         raise MalformedRecord("a cluster manifest needs at least one node")
-    check_seed(signing_seed, manifest.operator_spk, "operator_spk")
+    keys.check_signing_seed(signing_seed, manifest.operator_spk, "operator_spk")
     wire = CLUSTER_PREFIX + b64encode(body + keys.sign(signing_seed, body))
     check_wire_len(wire)
     return wire

@@ -261,10 +261,7 @@ def sign_heartbeat(record: Heartbeat, signing_seed: bytes) -> str:
         RecordTooLong: the wire would exceed 1200 bytes.
     """
     body = record.body()
-    if len(signing_seed) != 32:
-        raise MalformedRecord("Ed25519 seed must be 32 bytes")
-    if keys.ed25519_public_from_seed(signing_seed) != record.operator_spk:
-        raise MalformedRecord("signing seed does not match the heartbeat's operator_spk")
+    keys.check_signing_seed(signing_seed, record.operator_spk, "operator_spk")
     wire = HEARTBEAT_PREFIX + b64encode(body + keys.sign(signing_seed, body))
     if len(wire) > HEARTBEAT_MAX_WIRE_LEN:
         raise RecordTooLong(f"heartbeat wire of {len(wire)} bytes exceeds 1200")

@@ -143,10 +143,7 @@ def sign_identity(record: IdentityRecord, signing_seed: bytes) -> str:
             not belong to ``record.ed25519_public``.
     """
     body = record.body()
-    if len(signing_seed) != 32:
-        raise MalformedRecord("Ed25519 seed must be 32 bytes")
-    if keys.ed25519_public_from_seed(signing_seed) != record.ed25519_public:
-        raise MalformedRecord("signing seed does not match the record's ed25519_public")
+    keys.check_signing_seed(signing_seed, record.ed25519_public, "ed25519_public")
     return IDENTITY_PREFIX + b64encode(body + keys.sign(signing_seed, body))
 
 

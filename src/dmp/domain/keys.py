@@ -23,6 +23,7 @@ __all__ = [
     "ED25519_SIG_LEN",
     "LOW_ORDER_ED25519_KEYS",
     "VerifyKeyBytes",
+    "check_signing_seed",
     "check_verify_key",
     "ed25519_public_from_seed",
     "sign",
@@ -116,6 +117,26 @@ def sign(seed: bytes, body: bytes) -> bytes:
     if len(seed) != 32:
         raise ValueError("Ed25519 seed must be 32 bytes")
     return bytes(_signing_key(seed).sign(body).signature)
+
+
+def check_signing_seed(signing_seed: bytes, public_key: bytes, field: str) -> None:
+    """Check that ``signing_seed`` is the 32-byte Ed25519 seed of ``public_key``.
+
+    Sign-side guard: a record must never carry a key other than the one that
+    signs it.
+
+    Args:
+        signing_seed: the 32-byte Ed25519 seed about to sign.
+        public_key: the 32-byte public key the record names.
+        field: the record field holding ``public_key``, for the message.
+
+    Raises:
+        MalformedRecord: the seed is not 32 bytes or belongs to another key.
+    """
+    if len(signing_seed) != 32:
+        raise MalformedRecord("Ed25519 seed must be 32 bytes")
+    if ed25519_public_from_seed(signing_seed) != public_key:
+        raise MalformedRecord(f"signing seed does not match the record's {field}")
 
 
 def ed25519_public_from_seed(seed: bytes) -> bytes:

@@ -48,7 +48,6 @@ from dmp.domain import keys
 from dmp.domain.cluster import (
     MAX_DNS_NAME_LEN,
     check_key,
-    check_seed,
     check_u64,
     check_wire_len,
     signed_blob,
@@ -286,8 +285,8 @@ def sign_rotation(rotation: Rotation, old_seed: bytes, new_seed: bytes) -> str:
     body = rotation.body()
     if rotation.old_spk == rotation.new_spk:
         raise MalformedRecord("a rotation needs old_spk != new_spk")
-    check_seed(old_seed, rotation.old_spk, "old_spk")
-    check_seed(new_seed, rotation.new_spk, "new_spk")
+    keys.check_signing_seed(old_seed, rotation.old_spk, "old_spk")
+    keys.check_signing_seed(new_seed, rotation.new_spk, "new_spk")
     blob = body + keys.sign(old_seed, body) + keys.sign(new_seed, body)
     wire = ROTATION_PREFIX + b64encode(blob)
     check_wire_len(wire)
@@ -411,7 +410,7 @@ def sign_revocation(revocation: Revocation, signing_seed: bytes) -> str:
         RecordTooLong: the TXT value would exceed 1200 bytes.
     """
     body = revocation.body()
-    check_seed(signing_seed, revocation.revoked_spk, "revoked_spk")
+    keys.check_signing_seed(signing_seed, revocation.revoked_spk, "revoked_spk")
     wire = REVOCATION_PREFIX + b64encode(body + keys.sign(signing_seed, body))
     check_wire_len(wire)
     return wire
