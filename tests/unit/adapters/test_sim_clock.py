@@ -68,3 +68,25 @@ async def test_advance_wakes_due_timers_only() -> None:
 
 def test_sim_clock_satisfies_port() -> None:
     assert isinstance(SimClock(), Clock)
+
+
+async def test_idle_is_not_declared_while_a_task_group_is_unwinding() -> None:
+    """A parent resumed by its finished children still gets to schedule its next timer."""
+    clock = SimClock(start=0.0)
+    done: list[float] = []
+
+    async def child() -> None:
+        await clock.sleep(1.0)
+
+    async def parent() -> None:
+        for _ in range(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(child)
+                tg.start_soon(child)
+            await clock.sleep(5.0)
+        done.append(clock.now())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parent)
+        await clock.run_until_idle()
+    assert done == [30.0]

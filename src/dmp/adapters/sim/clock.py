@@ -75,9 +75,26 @@ class SimClock:
         """
         for _ in range(max_steps):
             await anyio.wait_all_tasks_blocked()
-            if not self._timers:
+            if not self._timers and await self._settled():
                 return
+            if not self._timers:
+                continue
             deadline, _, event = heapq.heappop(self._timers)
             self._now = max(self._now, deadline)
             event.set()
         raise RuntimeError(f"not idle after {max_steps} timer firings")
+
+    async def _settled(self, rounds: int = 3) -> bool:
+        """True when nothing wakes up over a few scheduler passes.
+
+        A task whose awaited future has just completed (a task group whose last
+        child finished, say) still looks blocked to ``wait_all_tasks_blocked``
+        until the loop runs it; letting pending callbacks run first avoids
+        declaring idleness in that window.
+        """
+        for _ in range(rounds):
+            await anyio.lowlevel.checkpoint()
+            await anyio.wait_all_tasks_blocked()
+            if self._timers:
+                return False
+        return True
