@@ -106,3 +106,10 @@ def test_contact_round_trip_keeps_explicit_domain() -> None:
         pub="aa", spk="bb", domain="bob.example", username="bob", domain_explicit=True
     )
     assert Contact.from_yaml(contact.to_yaml()) == contact
+
+
+def test_contact_remote_username_uses_the_reference_key() -> None:
+    """The reference stores a contact's remote name as ``remote_username``."""
+    assert Contact(pub="aa", username="bob").to_yaml()["remote_username"] == "bob"
+    assert Contact.from_yaml({"pub": "aa", "remote_username": "bob"}).username == "bob"
+    assert Contact.from_yaml({"pub": "aa", "username": "old"}).username == "old"

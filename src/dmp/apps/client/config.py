@@ -58,7 +58,8 @@ class Contact:
         pub: X25519 public key hex ('' when unknown).
         spk: Ed25519 public key hex ('' = unpinned).
         domain: the contact's zone ('' = backfilled to our own domain).
-        username: remote identity name, for prekey / rotation lookups.
+        username: remote identity name, for prekey / rotation lookups
+            (``remote_username`` in the file, as the reference writes it).
         domain_explicit: True when the user recorded the domain (claims go there).
     """
 
@@ -71,7 +72,7 @@ class Contact:
     def to_yaml(self) -> dict[str, Any]:
         out: dict[str, Any] = {"domain": self.domain, "pub": self.pub, "spk": self.spk}
         if self.username:
-            out["username"] = self.username
+            out["remote_username"] = self.username
         if self.domain_explicit:
             out["domain_explicit"] = True
         return out
@@ -82,7 +83,7 @@ class Contact:
             pub=str(data.get("pub") or ""),
             spk=str(data.get("spk") or ""),
             domain=str(data.get("domain") or ""),
-            username=str(data.get("username") or ""),
+            username=str(data.get("remote_username") or data.get("username") or ""),
             domain_explicit=bool(data.get("domain_explicit", bool(data.get("domain")))),
         )
 
