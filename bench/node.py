@@ -17,7 +17,8 @@ Measured (issue 4):
   each node's own registration flow by the reference CLI (``dnsmesh tsig
   register``);
 * HTTP writes/s (``POST /v1/records/{name}``, operator token, one
-  connection per request, 1 and 4 clients);
+  connection per request, 1 and 4 clients); ``--only http`` runs the HTTP
+  rows alone, with user-token and keep-alive rows and an RSS-growth run;
 * startup (spawn until /health is 200 and DNS answers; empty and 10k DB) and
   idle RSS.
 
@@ -114,35 +115,52 @@ def load_records(corpus: Path) -> list[dict[str, Any]]:
 
 
 def http_publish(
-    url: str, records: Sequence[dict[str, Any]], workers: int, ttl: int
+    url: str,
+    records: Sequence[dict[str, Any]],
+    workers: int,
+    ttl: int,
+    *,
+    token: str = TOKEN,
+    keepalive: bool = False,
 ) -> dict[str, Any]:
-    """POST every record, one TCP connection per request (like the reference CLI)."""
+    """POST every record, one TCP connection per request (like the reference CLI).
+
+    ``keepalive``: each worker keeps one connection open for all its requests.
+    """
     host, port = url.removeprefix("http://").split(":")
     lock = threading.Lock()
     idx = [0]
     lats: list[float] = []
     codes: dict[str, int] = {}
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
 
     def worker() -> None:
+        conn: http.client.HTTPConnection | None = None
         while True:
             with lock:
                 i = idx[0]
                 idx[0] += 1
             if i >= len(records):
+                if conn is not None:
+                    conn.close()
                 return
             r = records[i]
             body = json.dumps({"value": r["value"], "ttl": ttl})
             t0 = time.perf_counter()
             try:
-                c = http.client.HTTPConnection(host, int(port), timeout=15)
+                c = conn or http.client.HTTPConnection(host, int(port), timeout=15)
                 c.request("POST", f"/v1/records/{r['name']}", body=body, headers=headers)
                 resp = c.getresponse()
                 resp.read()
                 status = str(resp.status)
-                c.close()
+                if keepalive and not resp.will_close:
+                    conn = c
+                else:
+                    c.close()
+                    conn = None
             except OSError as exc:
                 status = type(exc).__name__
+                conn = None
             dt = (time.perf_counter() - t0) * 1000
             with lock:
                 lats.append(dt)
@@ -636,6 +654,84 @@ def write_phase(work: Path, corpus_w: Path, reps: int, k: int) -> dict[str, Any]
     return res
 
 
+# ---------------------------------------------------------------- HTTP phase
+
+HTTP_SUBJECT = f"bench@{ZONE}"
+
+
+def issue_user_token(node: NodeProc) -> str:
+    """A user bearer token (limits far above the load) from the node's own admin command."""
+    if node.kind == "ref":
+        venv = ref_venv()
+        assert venv is not None
+        argv = [str(venv / "bin" / "dnsmesh-node-admin")]
+    else:
+        argv = [node.argv[0], "-m", "dmp.apps.node", "admin"]
+    argv += ["token", "issue", HTTP_SUBJECT, "--rate", "1000000", "--burst", "1000000", "--json"]
+    p = subprocess.run(argv, env=node.env, cwd=node.dir, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    if p.returncode != 0:
+        raise RuntimeError(f"token issue on {node.kind}: {p.stderr[-500:]}")
+    return str(json.loads(p.stdout)["token"])
+
+
+def http_phase(work: Path, corpus_w: Path, reps: int, k: int, sustained: int) -> dict[str, Any]:
+    """HTTP writes only: operator and user token, new connection per request or keep-alive.
+
+    Then ``sustained`` more one-connection-per-request writes (4 clients) with
+    RSS before, right after and 2 s after (the memory-growth check).
+    """
+    nodes = start_pair(work, WRITE_ENV, "http")
+    # slot-*/chunk-* (shared pool): writable by the operator and by any user token
+    records = [r for r in load_records(corpus_w) if r["name"].startswith(("slot-", "chunk-"))]
+    res: dict[str, Any] = {"runs": [], "sustained": {}}
+    try:
+        tokens = {}
+        for kind, node in nodes.items():
+            node.start(timeout=30)
+            tokens[kind] = issue_user_token(node)
+        plan = [("operator", False, 1), ("operator", False, 4), ("user", False, 1),
+                ("user", False, 4), ("operator", True, 1), ("operator", True, 4)]  # fmt: skip
+        offset = 0
+        for rep in range(reps):
+            for who, keep, par in plan:
+                for kind in KINDS:
+                    node = nodes[kind]
+                    batch = records[offset : offset + k]
+                    offset += k
+                    if len(batch) < k:
+                        raise RuntimeError("write corpus too small for --k/--reps")
+                    token = TOKEN if who == "operator" else tokens[kind]
+                    cpu0 = node.cpu()
+                    r = http_publish(node.url, batch, par, 300, token=token, keepalive=keep)
+                    cpu = node.cpu() - cpu0
+                    what = f"http-{who}" + ("-ka" if keep else "")
+                    r.update(kind=kind, what=what, par=par, rep=rep,
+                             cpu_ms_per_write=round(cpu / len(batch) * 1e3, 3),
+                             landed=count_landed(node.dns_port, batch))  # fmt: skip
+                    res["runs"].append(r)
+                    log(f"  {what:<16} x{par} {kind}: {r['writes_per_s']} w/s, p50 {r['p50_ms']} "
+                        f"p99 {r['p99_ms']} ms, {r['cpu_ms_per_write']} ms CPU/w, "
+                        f"landed {r['landed']}/{len(batch)} {r['codes']}")  # fmt: skip
+        for kind in KINDS:
+            node = nodes[kind]
+            batch = records[offset : offset + sustained]
+            offset += sustained
+            before = node.rss_kib()
+            r = http_publish(node.url, batch, 4, 300)
+            after = node.rss_kib()
+            time.sleep(2)
+            r.update(rss_before_mib=round(before / 1024, 1), rss_after_mib=round(after / 1024, 1),
+                     rss_idle_mib=round(node.rss_kib() / 1024, 1))  # fmt: skip
+            res["sustained"][kind] = r
+            log(f"  sustained {len(batch)} x4 {kind}: {r['writes_per_s']} w/s, RSS "
+                f"{r['rss_before_mib']} -> {r['rss_after_mib']} MiB ({r['rss_idle_mib']} idle)")  # fmt: skip
+    finally:
+        for kind, node in nodes.items():
+            res.setdefault("exit_codes", {})[kind] = node.stop()
+    return res
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -715,6 +811,26 @@ def report(res: dict[str, Any]) -> str:
                 f"{w[g]['ratio_median'] or 0:>8.1f}×{c[g]['dmp'] or 0:>14.3f}{c[g]['ref'] or 0:>14.3f}"
                 f"{landed[g]['dmp'] or 0:>9.0f}/{landed[g]['ref'] or 0:<6.0f}"
             )
+    hp = res.get("http")
+    if hp:
+        lines.append(
+            "\nHTTP writes (POST /v1/records; -ka: keep-alive, else a connection per request)"
+        )
+        lines.append(f"{'path':<18}{'clients':>8}{'dmp w/s':>10}{'ref w/s':>10}{'ratio':>9}"
+                     f"{'dmp ms CPU/w':>14}{'ref ms CPU/w':>14}{'landed dmp/ref':>16}")  # fmt: skip
+        w = ratios(hp["runs"], lambda r: (r["what"], r["par"]), "writes_per_s")
+        c = ratios(hp["runs"], lambda r: (r["what"], r["par"]), "cpu_ms_per_write")
+        landed = ratios(hp["runs"], lambda r: (r["what"], r["par"]), "landed")
+        for g in w:
+            lines.append(
+                f"{g[0]:<18}{g[1]:>8}{w[g]['dmp'] or 0:>10,.0f}{w[g]['ref'] or 0:>10,.0f}"
+                f"{w[g]['ratio_median'] or 0:>8.1f}×{c[g]['dmp'] or 0:>14.3f}{c[g]['ref'] or 0:>14.3f}"
+                f"{landed[g]['dmp'] or 0:>9.0f}/{landed[g]['ref'] or 0:<6.0f}"
+            )
+        for kind, r in hp["sustained"].items():
+            lines.append(f"  sustained {r['n']} writes x4 {kind}: {r['writes_per_s']} w/s; RSS "
+                         f"{r['rss_before_mib']} -> {r['rss_after_mib']} MiB, "
+                         f"{r['rss_idle_mib']} MiB 2 s later")  # fmt: skip
     st = res.get("startup")
     if st:
         lines.append("\nStartup (spawn → /health 200 and a DNS answer) and idle RSS 2 s after")
@@ -764,8 +880,10 @@ def main() -> int:
     ap.add_argument("--secs", type=float, default=8.0, help="seconds per dnsperf read run")
     ap.add_argument("--k", type=int, default=1000, help="writes per write run")
     ap.add_argument("--quick", action="store_true", help="1 repetition, 4 s runs, k=500")
-    ap.add_argument("--only", choices=("read", "write", "startup"), action="append",
+    ap.add_argument("--only", choices=("read", "write", "startup", "http"), action="append",
                     help="run only these phases (repeatable)")  # fmt: skip
+    ap.add_argument("--sustained", type=int, default=10_000,
+                    help="http phase: writes of the RSS-growth run")  # fmt: skip
     ap.add_argument("--work", default=None, help="work directory (default: a fresh temp dir)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "node.json"))
     ap.add_argument("--no-knot", action="store_true", help="skip Knot DNS even if installed")
@@ -805,6 +923,11 @@ def main() -> int:
         corpus_w = make_corpus(work, max(30_000, need), "corpus_w")
         log("write phase")
         res["write"] = write_phase(work, corpus_w, a.reps, a.k)
+    if "http" in phases:  # not in the default set: --only http
+        n_http = int((a.reps * 12 * a.k + 2 * a.sustained) / 0.6) + 100  # ~65 % shared pool
+        corpus_h = make_corpus(work, n_http, f"corpus_h{n_http}")
+        log("http phase")
+        res["http"] = http_phase(work, corpus_h, a.reps, a.k, a.sustained)
     if "startup" in phases:
         log("startup phase")
         res["startup"] = {"empty": startup_phase(work, None, max(3, a.reps))}
