@@ -216,3 +216,113 @@ async def test_bind_failure_is_reported() -> None:
         )
         with pytest.raises(OSError, match="in use"), anyio.fail_after(10):
             await serve_http(app, "127.0.0.1", port)
+
+
+def _open_connections() -> int:
+    """Server-side connection tasks still alive (our acceptor's per-connection coroutine)."""
+    import asyncio
+
+    return sum(
+        1
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "").endswith(
+            "_serve_hypercorn.<locals>.on_connect"
+        )
+    )
+
+
+async def _until_no_connections(limit_s: float) -> None:
+    for _ in range(int(limit_s / 0.01)):
+        if not _open_connections():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError(f"{_open_connections()} connections still open after {limit_s} s")
+
+
+async def _raw_request(port: int, request: bytes, *, half_close: bool = False) -> bytes:
+    """Send ``request`` on a fresh connection and read until the server closes or the body ends."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(request)
+        if half_close:
+            await stream.send_eof()
+        data = b""
+        with anyio.fail_after(5):
+            while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+                try:
+                    data += await stream.receive()
+                except anyio.EndOfStream:
+                    break
+    return data
+
+
+async def test_connections_closed_by_the_client_are_released_at_once() -> None:
+    """A client that closes after its response frees the server-side connection at once.
+
+    hypercorn alone keeps such a connection (task, h11 state, buffers) until its
+    keep-alive timer fires 5 s later; under one-connection-per-request load that
+    held thousands of dead connections and grew RSS.
+    """
+    app = create_app(
+        HttpConfig(http_host="127.0.0.1"),
+        store=MemoryRecordStore(),
+        clock=SystemClock(),
+        random_bytes=os.urandom,
+    )
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_http, app, "127.0.0.1", 0)
+        for i in range(20):
+            body = b'{"value": "v%d"}' % i
+            reply = await _raw_request(
+                port,
+                b"POST /v1/records/a.mesh.example HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body),
+            )
+            assert reply.startswith(b"HTTP/1.1 201"), reply
+        # keep-alive timer is 5 s: every connection must be gone well before it
+        await _until_no_connections(2.0)
+        tg.cancel_scope.cancel()
+
+
+async def test_half_closed_request_still_gets_its_response() -> None:
+    """A client that shuts down its sending side after the request still reads the reply."""
+    store = MemoryRecordStore()
+    app = create_app(
+        HttpConfig(http_host="127.0.0.1"), store=store, clock=SystemClock(), random_bytes=os.urandom
+    )
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_http, app, "127.0.0.1", 0)
+        body = b'{"value": "half"}'
+        reply = await _raw_request(
+            port,
+            b"POST /v1/records/h.mesh.example HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+            half_close=True,
+        )
+        assert reply.startswith(b"HTTP/1.1 201"), reply
+        assert reply.endswith(b'{"ok": true}'), reply
+        assert await store.count() == 1
+        await _until_no_connections(2.0)
+        tg.cancel_scope.cancel()
+
+
+async def test_keep_alive_connection_serves_several_requests() -> None:
+    """One connection carries several requests (the idle timer is re-armed, not fatal)."""
+    app = create_app(
+        HttpConfig(http_host="127.0.0.1"),
+        store=MemoryRecordStore(),
+        clock=SystemClock(),
+        random_bytes=os.urandom,
+    )
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_http, app, "127.0.0.1", 0)
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            for _ in range(3):
+                await stream.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                with anyio.fail_after(5):
+                    while not data.endswith(b'{"status": "ok"}'):
+                        data += await stream.receive()
+                assert data.startswith(b"HTTP/1.1 200")
+            assert _open_connections() == 1
+        tg.cancel_scope.cancel()
