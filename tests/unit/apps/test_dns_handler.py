@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import anyio
+import dns.edns
 import dns.flags
 import dns.message
 import dns.name
@@ -856,6 +857,30 @@ async def test_common_signed_update_takes_the_fast_path() -> None:
     assert node.handler.fast_updates == 1
 
 
+@pytest.mark.parametrize("variant", ["plain", "do-bit", "cookie", "padding"])
+async def test_signed_update_with_an_opt_takes_the_fast_path_and_echoes_edns(variant: str) -> None:
+    """An OPT before the TSIG (dnsperf -e, dig) keeps the fast path; the reply echoes EDNS."""
+    node = Node()
+    key = await node.add_key()
+    u = update(("add", f"chunk-1-{H12}.mesh.test", (300, b"x")), key=key)
+    u.use_edns(**_EDNS_VARIANTS[variant])
+    reply = await send_update(node, u)  # verifies the reply's TSIG
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert (reply.edns, reply.payload, reply.ednsflags, reply.options) == (0, 1232, 0, ())
+    assert node.handler.fast_updates == 1
+    assert txt_values(await node.query(f"chunk-1-{H12}.mesh.test")) == ["x"]
+
+
+@pytest.mark.parametrize("variant", ["nsid", "bad-cookie", "version-1"])
+async def test_signed_update_with_an_unusual_opt_goes_through_dnspython(variant: str) -> None:
+    node = Node()
+    key = await node.add_key()
+    u = update(("add", f"chunk-1-{H12}.mesh.test", (300, b"x")), key=key)
+    u.use_edns(**_EDNS_VARIANTS[variant])
+    await node.handler.handle(u.to_wire(), PEER, "udp")
+    assert node.handler.fast_updates == 0
+
+
 _OWNERS = [
     f"chunk-1-{H12}.mesh.test",
     f"SLOT-2.MB-{H12.upper()}.Mesh.Test",
@@ -865,6 +890,21 @@ _OWNERS = [
     "we_ird*.mesh.test",
     f"chunk-2-{H12}.mesh.test",
 ]
+
+
+_EDNS_VARIANTS: dict[str, dict[str, Any]] = {
+    # what dnsperf -e and most stub clients send
+    "plain": {"edns": 0, "payload": 4096},
+    "small-payload": {"edns": 0, "payload": 512},
+    "do-bit": {"edns": 0, "payload": 1232, "ednsflags": dns.flags.DO},
+    "cookie": {"edns": 0, "options": [dns.edns.GenericOption(10, bytes(range(8)))]},
+    "cookie-server": {"edns": 0, "options": [dns.edns.GenericOption(10, bytes(range(24)))]},
+    "bad-cookie": {"edns": 0, "options": [dns.edns.GenericOption(10, bytes(range(5)))]},
+    "padding": {"edns": 0, "options": [dns.edns.GenericOption(12, bytes(7))]},
+    "nsid": {"edns": 0, "options": [dns.edns.GenericOption(3, b"")]},
+    "unknown-option": {"edns": 0, "options": [dns.edns.GenericOption(65001, b"x")]},
+    "version-1": {"edns": 1, "payload": 1232},
+}
 
 
 @st.composite
@@ -887,12 +927,13 @@ def update_cases(draw: st.DrawFn) -> dict[str, Any]:
         "key": draw(st.sampled_from(["good"] * 6 + ["forged", "unknown", "wrong-alg"])),
         "age": draw(st.sampled_from([0] * 8 + [3600, -3600])),
         "existing": draw(st.lists(st.sampled_from(["a", "b" * 255, "old"]), max_size=3)),
+        "edns": draw(st.sampled_from([None] * 3 + list(_EDNS_VARIANTS))),
     }
 
 
 async def _run_case(
     case: dict[str, Any], fast: bool
-) -> tuple[int, int | None, dict[str, list[str]]]:
+) -> tuple[int, int | None, tuple[int, int, int], dict[str, list[str]]]:
     node = Node(fast=fast, max_values_per_name=2)
     good = await node.add_key()
     owner = case["owner"]
@@ -907,30 +948,33 @@ async def _run_case(
         u.delete(name, dns.rdtypes.ANY.TXT.TXT(1, 16, tuple(case["strings"])))
     else:
         u.delete(name, "TXT")
+    if case["edns"] is not None:
+        u.use_edns(**_EDNS_VARIANTS[case["edns"]])
     key = {
         "good": good,
         "forged": dns.tsig.Key(KEYNAME, b"\x09" * 32, "hmac-sha256"),
         "unknown": dns.tsig.Key("nobody.mesh.test.", SECRET, "hmac-sha256"),
         "wrong-alg": dns.tsig.Key(KEYNAME, SECRET, "hmac-sha512"),
     }[case["key"]]
-    wire = sign_at(u.to_wire(), key, int(time.time()) - case["age"], u.id)
+    wire = sign_at(u.to_wire(max_size=65535), key, int(time.time()) - case["age"], u.id)
     raw = await node.handler.handle(wire, PEER)
     assert raw is not None
     reply = dns.message.from_wire(raw, keyring=False)
     tsig_error = reply.tsig[0].error if reply.tsig is not None else None
-    if case["key"] == "good" and case["age"] == 0:
+    if case["key"] == "good" and case["age"] == 0 and reply.tsig is not None:
         request_mac = dns.message.from_wire(wire, keyring=False).tsig[0].mac
         dns.message.from_wire(raw, keyring=good, request_mac=request_mac)  # verifies
     snapshot = {
         o.lower(): sorted(r.value for r in await node.store.get(o.lower(), 0)) for o in _OWNERS
     }
-    return reply.rcode(), tsig_error, snapshot
+    edns = (reply.edns, reply.payload if reply.edns >= 0 else 0, reply.ednsflags)
+    return reply.rcode(), tsig_error, edns, snapshot
 
 
 @settings(max_examples=300, deadline=None)
 @given(case=update_cases())
 def test_fast_update_path_agrees_with_dnspython(case: dict[str, Any]) -> None:
-    """Same rcode, same TSIG error and same store contents with or without the fast path."""
+    """Same rcode, TSIG error, EDNS and store contents with or without the fast path."""
     fast = anyio.run(_run_case, case, True)
     slow = anyio.run(_run_case, case, False)
     assert fast == slow, case

@@ -82,8 +82,9 @@ zone is set (else REFUSED):
 * NOERROR is sent only after ``await store.put/delete`` returned (durable);
   a store failure → SERVFAIL.
 
-UPDATE fast path: the shape every DMP writer sends (one TXT RR, one TSIG RR
-with an untruncated HMAC-SHA*) is parsed, verified and signed by hand
+UPDATE fast path: the shape every DMP writer sends (one TXT RR, an optional
+EDNS0 OPT RR as ``dnsperf -e`` and many clients add, one TSIG RR with an
+untruncated HMAC-SHA*) is parsed, verified and signed by hand
 (:meth:`DnsHandler._parse_fast_update`, RFC 8945 §4.3 digest layout), which
 costs ~50 µs instead of ~300 µs through dnspython. Any deviation or failure
 falls back to dnspython's path, which produces every error reply; a
@@ -175,6 +176,8 @@ _FAST_DIGESTS: Final = {
     "hmac-sha384": hashlib.sha384,
     "hmac-sha512": hashlib.sha512,
 }
+_OPT_COOKIE: Final = 10
+_OPT_PADDING: Final = 12
 _PLAIN_LABEL_BYTES: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*"
 
 
@@ -363,6 +366,40 @@ def _canonical_wire(labels: list[bytes]) -> bytes:
     return b"".join(bytes((len(label),)) + label.lower() for label in labels) + b"\0"
 
 
+def _fast_opt_end(wire: bytes, pos: int) -> int:
+    """Where the OPT RR at ``pos`` ends, when the UPDATE fast path may take it; else -1.
+
+    Taken: root owner, type OPT, extended RCODE 0 and version 0 (any payload
+    size and flags), and options that are well framed and only COOKIE (8
+    client bytes, optionally 8-32 server bytes, RFC 7873) or PADDING
+    (RFC 7830). Everything else (another version, options that dnspython
+    parses and checks itself) goes to dnspython's path, so both paths answer
+    alike.
+    """
+    end = pos + 11
+    if end > len(wire) or wire[pos] or wire[pos + 1 : pos + 3] != b"\x00\x29":
+        return -1
+    if wire[pos + 5] or wire[pos + 6]:  # extended RCODE, version
+        return -1
+    end += wire[pos + 9] << 8 | wire[pos + 10]
+    if end > len(wire):
+        return -1
+    i = pos + 11
+    while i < end:
+        if i + 4 > end:
+            return -1
+        code, length = struct.unpack_from("!HH", wire, i)
+        i += 4 + length
+        if i > end:
+            return -1
+        if code == _OPT_COOKIE:
+            if length != 8 and not 16 <= length <= 40:
+                return -1
+        elif code != _OPT_PADDING:
+            return -1
+    return end
+
+
 @attrs.frozen
 class _FastKey:
     """A TSIG key ready for the hand-rolled UPDATE path."""
@@ -457,6 +494,8 @@ class DnsHandler:
             else None
         )
         self._fast_render = fast_render
+        # our OPT RR: root owner, type 41, class = payload, TTL 0 (version 0, no flags), no options
+        self._opt_rr = b"\x00\x00\x29" + config.edns_payload.to_bytes(2, "big") + b"\x00" * 6
         # answer cache
         self._cache: dict[bytes, _CacheEntry] = {}
         self._by_qname: dict[bytes, list[bytes]] = {}
@@ -758,7 +797,7 @@ class DnsHandler:
         self.counters[dns.rcode.to_text(dns.rcode.Rcode(rcode)).lower()] += 1
         flags = 0x8000 | (0x0400 if aa else 0) | (wire[2] & 0x01) << 8 | rcode
         edns = len(wire) > qend
-        opt = b"\x00\x00\x29" + cfg.edns_payload.to_bytes(2, "big") + b"\x00" * 6 if edns else b""
+        opt = self._opt_rr if edns else b""
         question = wire[12:qend]
         full = b"".join(
             (
@@ -1046,18 +1085,21 @@ class DnsHandler:
             self.counters["update_ok"] += 1
         return resp.to_wire(max_size=_MAX_WIRE)
 
-    def _parse_fast_update(self, wire: bytes) -> tuple[_Op, _FastKey, int, bytes] | None:
+    def _parse_fast_update(self, wire: bytes) -> tuple[_Op, _FastKey, int, bytes, bool] | None:
         """Parse and verify the common signed UPDATE without dnspython.
 
         Handles exactly: opcode UPDATE, one zone RR (the served zone, SOA, IN),
         no prerequisites, one TXT update RR (ADD, delete-one or delete-all) at
-        a plain owner under the zone, and one TSIG RR with error 0 whose
-        HMAC (SHA-1/224/256/384/512, untruncated) verifies with an active key
-        within its fudge (RFC 8945 §4.3, §5.2). Anything else, including every
-        failure, returns ``None`` so dnspython's path decides and answers.
+        a plain owner under the zone, optionally one EDNS version 0 OPT RR
+        (RFC 6891; see :func:`_fast_opt_end`), and last one TSIG RR with error
+        0 whose HMAC (SHA-1/224/256/384/512, untruncated) verifies with an
+        active key within its fudge (RFC 8945 §4.3, §5.2; the OPT, like every
+        RR before the TSIG, is covered by the MAC). Anything else, including
+        every failure, returns ``None`` so dnspython's path decides and answers.
 
         Returns:
-            ``(op, key, end of the zone section, request MAC)`` or ``None``.
+            ``(op, key, end of the zone section, request MAC, EDNS present)``
+            or ``None``.
         """
         n = len(wire)
         zone_wire = self._zone_wire
@@ -1065,11 +1107,13 @@ class DnsHandler:
         if (
             n < zone_end + 4
             or (wire[2] & 0xF8) != 0x28
-            or wire[4:12] != b"\x00\x01\x00\x00\x00\x01\x00\x01"
+            or wire[4:11] != b"\x00\x01\x00\x00\x00\x01\x00"
+            or wire[11] not in (1, 2)
             or wire[12:zone_end].lower() != zone_wire
             or wire[zone_end : zone_end + 4] != b"\x00\x06\x00\x01"
         ):
             return None
+        edns = wire[11] == 2
         read = _read_name(wire, zone_end + 4)
         if read is None:
             return None
@@ -1108,6 +1152,10 @@ class DnsHandler:
                 op = _Op(UpdateOp.DELETE, owner, value)
         else:
             return None
+        if edns:
+            tsig_start = _fast_opt_end(wire, tsig_start)
+            if tsig_start < 0:
+                return None
         # the TSIG RR
         read = _read_name(wire, tsig_start)
         if read is None:
@@ -1148,18 +1196,33 @@ class DnsHandler:
         ):
             return None
         digest = hmac.new(key.secret, digestmod=key.digest)
-        digest.update(original_id.to_bytes(2, "big") + wire[2:10] + b"\x00\x00")
+        # RFC 8945 §4.3.1: the header with the original ID and ARCOUNT less the TSIG
+        digest.update(
+            original_id.to_bytes(2, "big") + wire[2:10] + (b"\x00\x01" if edns else b"\x00\x00")
+        )
         digest.update(wire[12:tsig_start])
         digest.update(key.name + _TSIG_CLASS_TTL + key.algorithm + time_vars)
         digest.update(_TSIG_TAIL.pack(0, 0, other_len)[2:] + other)
         if not hmac.compare_digest(digest.digest(), mac):
             return None
-        return op, key, zone_end + 4, mac
+        return op, key, zone_end + 4, mac, edns
 
     async def _fast_update(
-        self, wire: bytes, now: float, op: _Op, key: _FastKey, question_end: int, request_mac: bytes
+        self,
+        wire: bytes,
+        now: float,
+        op: _Op,
+        key: _FastKey,
+        question_end: int,
+        request_mac: bytes,
+        edns: bool,
     ) -> bytes:
-        """Apply a verified fast-path UPDATE and answer with a signed reply."""
+        """Apply a verified fast-path UPDATE and answer with a signed reply.
+
+        The reply carries the zone section, then our OPT when the request had
+        one (RFC 6891 §7: payload ``edns_payload``, version 0, no flags or
+        options, as dnspython's ``make_response`` renders it), then the TSIG.
+        """
         rcode: int = dns.rcode.NOERROR
         try:
             await self._apply_ops([op], key.meta, now)
@@ -1176,7 +1239,14 @@ class DnsHandler:
         self.fast_updates += 1
         # RFC 8945 §5.3: MAC over the request MAC, the reply, then the TSIG variables.
         flags = 0xA800 | (wire[2] & 0x01) << 8 | (rcode & 0xF)
-        body = wire[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 0) + wire[12:question_end]
+        body = b"".join(
+            (
+                wire[:2],
+                struct.pack("!HHHHH", flags, 1, 0, 0, 1 if edns else 0),
+                wire[12:question_end],
+                self._opt_rr if edns else b"",
+            )
+        )
         signed_at = int(self._wall_now())
         time_vars = struct.pack("!HIH", signed_at >> 32 & 0xFFFF, signed_at & 0xFFFFFFFF, 300)
         digest = hmac.new(key.secret, digestmod=key.digest)
@@ -1191,13 +1261,15 @@ class DnsHandler:
             + wire[:2]
             + b"\x00" * 4  # error 0, other length 0
         )
-        return (
-            body[:10]
-            + b"\x00\x01"
-            + body[12:]
-            + key.name
-            + _RR_FIXED.pack(dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata))
-            + rdata
+        return b"".join(
+            (
+                body[:10],
+                b"\x00\x02" if edns else b"\x00\x01",
+                body[12:],
+                key.name,
+                _RR_FIXED.pack(dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata)),
+                rdata,
+            )
         )
 
     def _collect_ops(self, query: dns.message.Message) -> list[_Op]:
