@@ -378,3 +378,45 @@ def test_parse_duration(text: str, seconds: int) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(admin_tokens.AdminError):
         admin_tokens.parse_duration(text)
+
+
+async def test_sqlite_lookup_sees_changes_from_another_process(tmp_path: Path) -> None:
+    """get() reads the file as it is now: a token revoked or added elsewhere shows at once.
+
+    ``dmp-node admin token revoke`` writes the file from another process while
+    the node runs; the node's lookups must not keep an older snapshot.
+    """
+    path = tmp_path / "t.db"
+    node = await SqliteTokenStore.open(path)
+    admin = await SqliteTokenStore.open(path)
+    try:
+        await node.add(_token("live"))
+        rec = await node.get(_hash("live"))
+        assert rec is not None
+        assert rec.revoked_at is None
+        for i in range(5):  # the node keeps writing audit rows between lookups
+            await node.append(AuditEntry(ts=float(i), event=AuditEvent.USED))
+            assert await admin.revoke(_hash("live"), now=100 + i) is (i == 0)
+            rec = await node.get(_hash("live"))
+            assert rec is not None
+            assert rec.revoked_at == 100
+        assert await node.get(_hash("later")) is None
+        await admin.add(_token("later"))
+        assert await node.get(_hash("later")) == _token("later")
+    finally:
+        await node.aclose()
+        await admin.aclose()
+
+
+async def test_sqlite_audit_rows_survive_reopen_without_close(tmp_path: Path) -> None:
+    """An audit append is committed when it returns (a killed process keeps it)."""
+    path = tmp_path / "t.db"
+    s1 = await SqliteTokenStore.open(path)
+    await s1.append(AuditEntry(ts=1.0, event=AuditEvent.USED, detail="kept"))
+    s2 = await SqliteTokenStore.open(path)  # s1 not closed: its commit must already be visible
+    try:
+        (row,) = await s2.tail()
+        assert row.detail == "kept"
+    finally:
+        await s2.aclose()
+        await s1.aclose()

@@ -184,10 +184,16 @@ class TokenStore(Protocol):
 
 @runtime_checkable
 class AuditLog(Protocol):
-    """Append-only record of token decisions, newest readable first."""
+    """Append-only record of token decisions, newest readable first.
+
+    Unlike token changes, audit rows need not be fsync'd one by one: an
+    adapter may leave the newest rows to a later fsync (power loss may drop
+    them), but a row is stored, and survives a crash of the process, once
+    :meth:`append` has returned.
+    """
 
     async def append(self, entry: AuditEntry) -> None:
-        """Add one row (its ``seq`` is assigned by the store)."""
+        """Add one row (its ``seq`` is assigned by the store); stored when this returns."""
         ...
 
     async def tail(self, limit: int = 50, event: AuditEvent | None = None) -> list[AuditEntry]:
