@@ -68,6 +68,8 @@ class TxtServer:
         header_only_tc: with ``force_tc``, send the bare 12-byte header instead.
         query_rcode: answer queries with this rcode instead of looking up.
         sign_replies: sign replies to signed requests (False sends them unsigned).
+        tcp_payload_cap: cap TCP answers at the query's EDNS payload size and
+            answer SERVFAIL above it, as the reference node does.
     """
 
     def __init__(self, keys: dict[dns.name.Name, dns.tsig.Key] | None = None) -> None:
@@ -79,6 +81,7 @@ class TxtServer:
         self.header_only_tc = False
         self.query_rcode: dns.rcode.Rcode | None = None
         self.sign_replies = True
+        self.tcp_payload_cap = False
         self.port = 0
 
     def put(self, owner: dns.name.Name, *values: str) -> None:
@@ -119,10 +122,15 @@ class TxtServer:
             reply.keyring = None
             reply.tsig = None
         max_size = 65535 if transport == "tcp" else max(512, request.payload)
+        if transport == "tcp" and self.tcp_payload_cap and request.edns >= 0:
+            max_size = max(512, request.payload)
         try:
             return reply.to_wire(max_size=max_size)
         except dns.exception.TooBig:
             short = dns.message.make_response(request)
+            if transport == "tcp":
+                short.set_rcode(dns.rcode.SERVFAIL)
+                return short.to_wire()
             short.flags |= dns.flags.TC
             return short.to_wire()
 
@@ -458,6 +466,16 @@ async def test_large_answer_falls_back_to_tcp(node: TxtServer) -> None:
     _, query = node.seen[0]
     assert query.edns == 0
     assert query.payload == 1232
+
+
+async def test_tcp_retry_advertises_the_largest_payload(node: TxtServer) -> None:
+    """A server that caps TCP answers at the EDNS payload (the reference node) still answers."""
+    values = [f"{i:02d}" + "y" * 1000 for i in range(4)]
+    node.put(SLOT, *values)
+    node.tcp_payload_cap = True
+
+    assert sorted(await DirectReader(LOOPBACK, node.port).query_txt(SLOT)) == values
+    assert [(t, q.edns, q.payload) for t, q in node.seen] == [("udp", 0, 1232), ("tcp", 0, 65535)]
 
 
 async def test_forced_tc_on_a_query_is_retried_over_tcp(node: TxtServer) -> None:

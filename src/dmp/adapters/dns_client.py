@@ -20,7 +20,8 @@ Wire rules (wire.md §1.4, §7.3):
 * readers join the character-strings of one RR and decode UTF-8;
 * an exchange goes over UDP (EDNS0, 1232-byte payload) with a 5 s timeout and
   is retried over TCP (2-byte length framing, RFC 1035 §4.2.2) when the reply
-  has TC=1; NOERROR means success.
+  has TC=1, advertising payload 65535 there (the reference node caps TCP
+  answers at the advertised size); NOERROR means success.
 
 I/O: anyio. UDP uses a connected non-blocking socket and
 ``anyio.wait_readable`` so that an ICMP port-unreachable fails the exchange
@@ -42,6 +43,7 @@ the injected clock is only used for resolver cooldowns.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import socket
 from collections.abc import Iterator, Sequence
@@ -84,6 +86,7 @@ DEFAULT_TIMEOUT_S = 5.0
 EDNS_PAYLOAD = 1232
 """Advertised UDP payload size (the DNS Flag Day 2020 value)."""
 _MAX_UDP = 65535
+_MAX_TCP_PAYLOAD = 65535
 _MAX_STRAY_DATAGRAMS = 64
 _IN = dns.rdataclass.IN
 _TXT = dns.rdatatype.TXT
@@ -288,6 +291,20 @@ async def _tcp_exchange(
     return data, reply
 
 
+def _for_tcp(query: dns.message.Message, wire: bytes) -> tuple[dns.message.Message, bytes]:
+    """The message and bytes for the TCP leg: an EDNS query advertises payload 65535 there.
+
+    The payload size is a UDP limit (RFC 6891 §6.2.3), but the reference node
+    caps TCP answers at it too and answers SERVFAIL when the RRset is bigger
+    (a pool of 25 prekeys is ~4.4 kB). ``query`` itself is left as it was.
+    """
+    if query.edns < 0 or query.payload >= _MAX_TCP_PAYLOAD:
+        return query, wire
+    tcp_query = copy.copy(query)
+    tcp_query.use_edns(query.edns, query.ednsflags, _MAX_TCP_PAYLOAD, options=query.options)
+    return tcp_query, tcp_query.to_wire()
+
+
 async def exchange(
     query: dns.message.Message,
     host: str,
@@ -323,6 +340,7 @@ async def exchange(
     with _mapped_errors(peer):
         data, parsed = await _udp_exchange(query, wire, host, port, leg_timeout_s)
         if parsed is None or parsed.flags & dns.flags.TC:
+            query, wire = _for_tcp(query, wire)
             data, parsed = await _tcp_exchange(query, wire, host, port, leg_timeout_s)
     if tsig_key is not None and parsed.rcode() == dns.rcode.NOERROR:
         try:
