@@ -51,7 +51,7 @@ from hypercorn.events import Event as HypercornEvent
 from hypercorn.events import Updated
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestTimeout
 
 from dmp.apps.node.registration import (
     RandomBytes,
@@ -226,10 +226,23 @@ class NodeMetrics:
 # -- helpers -----------------------------------------------------------------
 
 
+#: Responses up to this size fit the socket's send buffer, so sending one never
+#: waits on the client and Quart's per-response timeout (an asyncio task per
+#: response) is skipped for them; larger ones keep it (RESPONSE_TIMEOUT).
+_SMALL_RESPONSE = 16 * 1024
+#: How long a request body may take to arrive (Quart's BODY_TIMEOUT default).
+_BODY_TIMEOUT_S = 60.0
+
+
+def _small(response: quart.Response) -> quart.Response:
+    response.timeout = None
+    return response
+
+
 def _json(obj: object, status: int = 200, headers: dict[str, str] | None = None) -> quart.Response:
-    return quart.Response(
-        json.dumps(obj), status=status, content_type="application/json", headers=headers
-    )
+    body = json.dumps(obj)
+    response = quart.Response(body, status=status, content_type="application/json", headers=headers)
+    return _small(response) if len(body) <= _SMALL_RESPONSE else response
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> quart.Response:
@@ -274,16 +287,35 @@ class _Caller:
     token: TokenRecord | None = None
 
 
-class _ConcurrencyLimit:
-    """ASGI middleware: answer 503 at once when ``limit`` requests are in flight."""
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
-    def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
+
+class _Gate:
+    """ASGI middleware: the concurrency limit and the request counter.
+
+    Beyond ``limit`` requests in flight a request is answered 503 at once.
+    Every response is counted in ``requests`` (labels ``method``, ``status``;
+    methods outside the usual set count as ``OTHER`` so that clients cannot
+    grow the label set). The labelled children are looked up once and kept:
+    ``Counter.labels()`` costs more than the increment itself.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int, requests: Counter) -> None:
         self.app = app
         self.limit = limit
         self.inflight = 0
+        self._requests = requests
+        self._children: dict[tuple[str, int], Any] = {}
+
+    def count(self, method: str, status: int) -> None:
+        key = (method if method in _METHODS else "OTHER", status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._requests.labels(key[0], str(status))
+        child.inc()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("type") != "http":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if self.inflight >= self.limit:
@@ -300,12 +332,23 @@ class _ConcurrencyLimit:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+            self.count(scope["method"], 503)
             return
+        status = 0
+
+        async def counted_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         self.inflight += 1
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, counted_send)
         finally:
             self.inflight -= 1
+            if status:
+                self.count(scope["method"], status)
 
 
 class _TokenBuckets:
@@ -494,8 +537,13 @@ async def _read_json(request: quart.Request) -> tuple[bool, object]:
 
     Raises:
         RequestEntityTooLarge: the body exceeds MAX_CONTENT_LENGTH (413).
+        RequestTimeout: the body took longer than ``_BODY_TIMEOUT_S`` (408).
     """
-    data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    try:
+        async with asyncio.timeout(_BODY_TIMEOUT_S):
+            data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    except TimeoutError as exc:
+        raise RequestTimeout() from exc
     if not data or not data.strip():
         return False, None
     try:
@@ -547,12 +595,11 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = config.http_max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.extensions["dmp"] = api
-    app.asgi_app = _ConcurrencyLimit(app.asgi_app, config.http_max_concurrency)  # type: ignore[method-assign]
-
-    @app.after_request
-    async def _count(response: quart.Response) -> quart.Response:
-        api.metrics.http_requests.labels(quart.request.method, str(response.status_code)).inc()
-        return response
+    # Bodies are read with their own deadline in _read_json (no task per read).
+    app.config["BODY_TIMEOUT"] = None
+    app.asgi_app = _Gate(  # type: ignore[method-assign]
+        app.asgi_app, config.http_max_concurrency, api.metrics.http_requests
+    )
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> quart.Response:
@@ -733,7 +780,7 @@ def create_app(
             return _error(502, "store write failed")
         if removed == 0:
             return _error(404, "no matching record")
-        return quart.Response(b"", status=204)
+        return _small(quart.Response(b"", status=204))
 
     return app
 
