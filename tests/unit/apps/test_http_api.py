@@ -173,6 +173,20 @@ async def test_metrics_need_operator_and_are_per_app() -> None:
     assert "noerror" not in text
 
 
+async def test_request_counter_labels_are_bounded() -> None:
+    """Every response is counted once; unusual methods share the label OTHER."""
+    node = make_node()
+    async with node.client() as c:
+        for method in ("FOO", "BAR", "BAZ"):
+            assert (await c.request(method, "/stats")).status_code == 405
+        await c.get("/stats")
+        await c.get("/stats")
+        text = (await c.get("/metrics")).text
+    assert 'dmp_http_requests_total{method="OTHER",status="405"} 3.0' in text
+    assert 'dmp_http_requests_total{method="GET",status="200"} 2.0' in text
+    assert "FOO" not in text
+
+
 async def test_unknown_route_and_method_are_json(open_node: Node) -> None:
     """404 and 405 come back as JSON errors."""
     async with open_node.client() as c:
@@ -346,6 +360,49 @@ async def test_concurrency_cap_answers_503() -> None:
         gate.set()
     assert (busy.status_code, busy.json()) == (503, {"error": "server busy"})
     assert statuses == [201]
+    text = node.metrics.render().decode()
+    assert 'dmp_http_requests_total{method="GET",status="503"} 1.0' in text
+    assert 'dmp_http_requests_total{method="POST",status="201"} 1.0' in text
+
+
+async def test_slow_body_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body that does not arrive within the body deadline gets 408 JSON."""
+    from dmp.adapters import http_api
+
+    monkeypatch.setattr(http_api, "_BODY_TIMEOUT_S", 0.05)
+    node = make_node()
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/records/a.mesh.example",
+        "raw_path": b"/v1/records/a.mesh.example",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"20")],
+        "client": ("192.0.2.1", 4000),
+        "server": ("127.0.0.1", 80),
+    }
+    parts = [{"type": "http.request", "body": b'{"value":', "more_body": True}]
+    never = anyio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return parts.pop()
+        await never.wait()  # the rest of the body never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(5):
+        await node.app(scope, receive, send)
+    assert sent[0]["status"] == 408
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b'{"error": "request timeout"}'
+    assert await node.store.count() == 0
 
 
 # -- legacy mode ---------------------------------------------------------------
