@@ -426,6 +426,7 @@ class _Op:
     owner: str
     value: str | None  # None: delete every value
     ttl: int = 0
+    name: dns.name.Name | None = None  # the owner as a name, when already parsed
 
 
 class _UpdateRefusal(Exception):
@@ -1131,8 +1132,9 @@ class DnsHandler:
         if any(label.translate(None, _PLAIN_LABEL_BYTES) for label in labels):
             return None
         owner = b".".join(labels).decode("ascii").lower()
+        name = dns.name.Name([*labels, b""])  # plain labels: the same name as ``owner``
         if rclass == dns.rdataclass.ANY and rdlen == 0:
-            op = _Op(UpdateOp.DELETE, owner, None)
+            op = _Op(UpdateOp.DELETE, owner, None, name=name)
         elif rclass in (dns.rdataclass.IN, dns.rdataclass.NONE) and rdlen:
             strings = []
             i = pos
@@ -1147,9 +1149,9 @@ class DnsHandler:
             except UnicodeDecodeError:
                 return None
             if rclass == dns.rdataclass.IN:
-                op = _Op(UpdateOp.ADD, owner, value, ttl)
+                op = _Op(UpdateOp.ADD, owner, value, ttl, name)
             else:
-                op = _Op(UpdateOp.DELETE, owner, value)
+                op = _Op(UpdateOp.DELETE, owner, value, name=name)
         else:
             return None
         if edns:
@@ -1294,7 +1296,7 @@ class DnsHandler:
                 dns.rdatatype.TXT,
                 dns.rdatatype.ANY,
             ):
-                ops.append(_Op(UpdateOp.DELETE, owner, None))
+                ops.append(_Op(UpdateOp.DELETE, owner, None, name=rrset.name))
                 continue
             if rrset.rdtype != dns.rdatatype.TXT:
                 continue  # non-TXT RRs are skipped, as the reference does
@@ -1306,9 +1308,9 @@ class DnsHandler:
                         dns.rcode.FORMERR, f"TXT value at {owner} is not UTF-8"
                     ) from exc
                 if deleting is None:
-                    ops.append(_Op(UpdateOp.ADD, owner, value, rrset.ttl))
+                    ops.append(_Op(UpdateOp.ADD, owner, value, rrset.ttl, rrset.name))
                 else:
-                    ops.append(_Op(UpdateOp.DELETE, owner, value))
+                    ops.append(_Op(UpdateOp.DELETE, owner, value, name=rrset.name))
         return ops
 
     def _check_caps(self, ops: Iterable[_Op]) -> None:
@@ -1367,7 +1369,7 @@ class DnsHandler:
         if meta is not None:
             scopes = meta.allowed_suffixes
             for op in ops:
-                decision = authorize(scopes, op.kind, op.owner)
+                decision = authorize(scopes, op.kind, op.owner if op.name is None else op.name)
                 if isinstance(decision, Refused):
                     raise _UpdateRefusal(decision.rcode, decision.reason)
         else:
