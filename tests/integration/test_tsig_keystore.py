@@ -163,3 +163,71 @@ async def test_sqlite_keys_survive_reopen(tmp_path: Path) -> None:
         assert await second.all() == [alice, attrs.evolve(bob, revoked=True)]
         assert await second.active(NOW) == [alice]
         assert second.pragma("journal_mode") == "wal"
+
+
+_REVOKE_CHILD = """
+import sys
+import anyio
+from dmp.adapters.sqlite_store import SqliteTsigKeyStore
+
+async def main(path, keyname):
+    async with await SqliteTsigKeyStore.open(path) as keys:
+        assert await keys.revoke(keyname)
+
+anyio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+
+async def test_sqlite_generation_sees_changes_by_another_process(tmp_path: Path) -> None:
+    """A revoke committed by another process moves generation; reads alone never do."""
+    import sys
+
+    path = tmp_path / "dmp_tsig.db"
+    alice = make_key("alice")
+    async with await SqliteTsigKeyStore.open(path, change_check_s=0) as keys:
+        await keys.put(alice)
+        before = keys.generation
+        await keys.all()
+        assert keys.generation == before
+        done = await anyio.run_process(
+            [sys.executable, "-c", _REVOKE_CHILD, str(path), alice.keyname]
+        )
+        assert done.returncode == 0
+        assert keys.generation == before + 1
+        assert keys.generation == before + 1  # counted once
+        assert await keys.active(NOW) == []
+
+
+async def test_sqlite_generation_ignores_record_writes_in_a_shared_file(tmp_path: Path) -> None:
+    """Another connection's key change counts; record writes to the same file do not."""
+    from dmp.adapters.sqlite_store import SqliteRecordStore
+
+    path = tmp_path / "dmp.db"
+    async with (
+        await SqliteTsigKeyStore.open(path, change_check_s=0) as keys,
+        await SqliteTsigKeyStore.open(path) as other,
+        await SqliteRecordStore.open(path) as records,
+    ):
+        start = keys.generation
+        for i in range(5):
+            await records.put(f"chunk-{i}.example.com", "v", 60, NOW)
+        assert keys.generation == start
+        await other.put(make_key("bob"))
+        assert keys.generation == start + 1
+        await keys.put(make_key("carol"))  # our own change: counted once, at commit
+        assert keys.generation == start + 2
+        assert keys.generation == start + 2
+
+
+async def test_sqlite_generation_checks_other_writers_at_most_every_interval(
+    tmp_path: Path,
+) -> None:
+    """Between checks generation is a plain attribute read (no sqlite call)."""
+    path = tmp_path / "dmp_tsig.db"
+    async with (
+        await SqliteTsigKeyStore.open(path, change_check_s=3600) as keys,
+        await SqliteTsigKeyStore.open(path) as other,
+    ):
+        start = keys.generation  # the first read takes the baseline
+        await other.put(make_key("bob"))
+        assert keys.generation == start  # not checked again within the hour

@@ -7,24 +7,38 @@ live in one file (``DMP_DB_PATH``) or in two (``DMP_TSIG_DB_PATH``), as the
 node chooses; each store object opens its own connections.
 
 Threads. sqlite calls block, and the node runs on one event loop (anyio on
-asyncio/uvloop), so no sqlite call ever runs on the loop thread: every
-statement runs in an ``anyio.to_thread`` worker. Each store has exactly one
-writer connection and a small pool of read-only connections; WAL lets the
-readers run beside the writer and see the last committed state.
+asyncio/uvloop; these stores need the asyncio backend). Each store has one
+writer connection owned by a long-lived *writer thread*, one inline read
+connection used on the loop thread for point lookups (:meth:`get
+<SqliteRecordStore.get>` and ``count_values``), and a small pool of read
+connections for everything else (``digest``, ``count``, TSIG key reads),
+which run in ``anyio.to_thread`` workers. WAL lets every reader run beside the
+writer and see the last committed state.
 
-Group commit. Writes queue up in FIFO order. When no commit is in flight the
-first queued caller becomes the *leader*: it takes the whole queue and runs it
-in the worker thread as ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``,
-one ``SAVEPOINT`` per write so a refused write, e.g. ``StoreFull``, rolls back
-alone). Writes that arrive while that commit is in flight wait; when it ends,
-the leader wakes its batch and hands leadership to the oldest waiter, which
-commits everything queued so far together. So under load there is one
+Why inline point reads: an indexed lookup by owner in a WAL database costs a
+few microseconds and takes no lock a writer holds, while a thread hop costs
+~30 µs (anyio) and put every uncached DNS answer behind it. The inline
+connection never waits for a lock (``timeout=0``); if sqlite ever reports it
+busy (another process recovering the WAL after a crash) the read is retried in
+the pool. The price: a read that misses the OS page cache does its disk read
+on the loop thread; pass ``inline_reads=False`` for databases much larger than
+RAM.
+
+Group commit. A write is queued for the writer thread (a condition variable,
+no thread hop per write) and its caller awaits a future. The writer thread
+takes *everything* queued, runs it as ONE transaction (``BEGIN IMMEDIATE`` …
+``COMMIT``), then hands the batch back to the loop with one
+``call_soon_threadsafe``, where change listeners run and the callers wake; it
+then takes whatever queued up during that commit. So under load there is one
 commit, and one fsync, per batch instead of per write, and every caller's
-``await`` returns only after the commit that contains its write. Change
-listeners run on the loop thread right after that commit. A submitted write
-is shielded from cancellation until its commit finishes (the cancellation is
-delivered afterwards), so a batch is never abandoned half-way and leadership
-is never lost.
+``await`` returns only after the commit that contains its write. A write of a
+single statement that changes nothing when it fails (every record and key
+write here; ``put`` checks ``max_values`` inside its INSERT) needs no
+``SAVEPOINT`` in a batch, and alone runs as one autocommit statement;
+multi-statement writes get a savepoint each, so a refused write (e.g.
+``StoreFull``) rolls back alone. Once queued, a write is committed whatever
+happens to its caller: the caller's await is shielded from cancellation until
+then (the cancellation is delivered afterwards).
 
 Durability. ``journal_mode=WAL`` is always on. The default is
 ``synchronous=FULL``: each commit appends to the WAL *and fsyncs it* before
@@ -53,18 +67,21 @@ Errors. ``sqlite3.Error`` becomes :class:`dmp.ports.store.StoreUnavailable`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, Literal, Self, TypeVar, cast
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 
 from dmp.ports.store import (
@@ -116,6 +133,17 @@ CREATE TABLE IF NOT EXISTS tsig_keys (
     revoked          INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tsig_keys_subject ON tsig_keys (subject);
+CREATE TABLE IF NOT EXISTS tsig_keys_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 0),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO tsig_keys_version (id, version) VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS tsig_keys_insert AFTER INSERT ON tsig_keys
+    BEGIN UPDATE tsig_keys_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS tsig_keys_update AFTER UPDATE ON tsig_keys
+    BEGIN UPDATE tsig_keys_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS tsig_keys_delete AFTER DELETE ON tsig_keys
+    BEGIN UPDATE tsig_keys_version SET version = version + 1; END;
 """
 
 
@@ -137,21 +165,22 @@ _WriteOp = Callable[[sqlite3.Connection], tuple[T, Sequence[str]]]
 
 
 class _Job(Generic[T]):
-    """One queued write and its outcome."""
+    """One queued write, the future its caller awaits, and its outcome."""
 
-    __slots__ = ("changed", "done", "error", "op", "result", "wake")
+    __slots__ = ("changed", "error", "future", "op", "result", "single")
 
-    def __init__(self, op: _WriteOp[T]) -> None:
+    def __init__(self, op: _WriteOp[T], future: asyncio.Future[None], single: bool) -> None:
         self.op = op
-        self.wake = anyio.Event()
-        self.done = False
+        self.future = future
+        self.single = single
         self.result: T | None = None
         self.changed: Sequence[str] = ()
         self.error: BaseException | None = None
 
-    def run(self, conn: sqlite3.Connection) -> None:
-        """Run the op inside its own savepoint (worker thread)."""
-        conn.execute("SAVEPOINT job")
+    def run(self, conn: sqlite3.Connection, savepoint: bool) -> None:
+        """Run the op, inside its own savepoint if asked (writer thread)."""
+        if savepoint:
+            conn.execute("SAVEPOINT job")
         try:
             self.result, self.changed = self.op(conn)
         except StoreError as exc:
@@ -161,9 +190,10 @@ class _Job(Generic[T]):
             self.error.__cause__ = exc
         except Exception as exc:  # a bug in an op: hand it to its caller unchanged
             self.error = exc
-        if self.error is not None:
-            conn.execute("ROLLBACK TO job")
-        conn.execute("RELEASE job")
+        if savepoint:
+            if self.error is not None:
+                conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
 
     def outcome(self) -> T:
         if self.error is not None:
@@ -171,8 +201,14 @@ class _Job(Generic[T]):
         return cast(T, self.result)  # run() set it: no error was recorded
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
 class _Engine:
-    """One sqlite file: a writer connection with group commit and a pool of readers.
+    """One sqlite file: a writer thread with group commit, an inline reader, a reader pool.
 
     Args:
         path: database file (created if missing). ``:memory:`` is refused:
@@ -181,8 +217,9 @@ class _Engine:
         on_commit: called on the loop thread with each committed job's changed
             owners, in commit order.
         synchronous: ``PRAGMA synchronous`` for the writer.
-        readers: read connections (concurrent reads).
+        readers: pooled read connections (concurrent reads in worker threads).
         busy_timeout_s: how long to wait for another connection's lock.
+        inline_reads: allow :meth:`read_inline` on the loop thread.
 
     Raises:
         StoreUnavailable: the file cannot be opened, WAL cannot be enabled or
@@ -198,6 +235,7 @@ class _Engine:
         synchronous: Synchronous,
         readers: int,
         busy_timeout_s: float,
+        inline_reads: bool = True,
     ) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise StoreUnavailable(f"sqlite {sqlite3.sqlite_version} is older than 3.35")
@@ -210,13 +248,17 @@ class _Engine:
             raise ValueError("sqlite stores need a file path")
         self._timeout = busy_timeout_s
         self._on_commit = on_commit
-        self._queue: list[_Job[Any]] = []
-        self._committing = False
+        self._pending: list[_Job[Any]] = []
+        self._wakeup = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._writer_lock = threading.Lock()  # the writer thread vs pragma()
         self._closing = False
         self._closed = anyio.Event()
         self.transactions = 0
         self.writes = 0
         self._readers: list[sqlite3.Connection] = []
+        self._inline: sqlite3.Connection | None = None
+        self._inline_thread: int | None = None
         with _translate("open"):
             self._writer = self._connect()
             try:
@@ -229,19 +271,31 @@ class _Engine:
                     reader = self._connect()
                     reader.execute("PRAGMA query_only=ON")
                     self._readers.append(reader)
+                if inline_reads:
+                    # never waits for a lock: a busy inline read retries in the pool
+                    self._inline = self._connect(timeout=0.0)
+                    self._inline.execute("PRAGMA query_only=ON")
             except BaseException:
                 self._close_connections()
                 raise
         self._free = list(self._readers)
         self._read_slots = anyio.Semaphore(readers)
+        self._thread = threading.Thread(
+            target=self._writer_main, name=f"sqlite-writer:{os.path.basename(self._path)}"
+        )
+        self._thread.daemon = True  # an unclosed store must not keep the process alive
+        self._thread.start()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, timeout: float | None = None) -> sqlite3.Connection:
         return sqlite3.connect(
-            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            self._path,
+            timeout=self._timeout if timeout is None else timeout,
+            isolation_level=None,
+            check_same_thread=False,
         )
 
     def _close_connections(self) -> None:
-        for conn in [*self._readers, getattr(self, "_writer", None)]:
+        for conn in [*self._readers, self._inline, getattr(self, "_writer", None)]:
             if conn is not None:
                 conn.close()
 
@@ -249,14 +303,22 @@ class _Engine:
 
     def pragma(self, name: str) -> object:
         """Read ``PRAGMA name`` on the writer connection (synchronously; setup/tests only)."""
-        with _translate("pragma"):
+        with self._writer_lock, _translate("pragma"):
             row = self._writer.execute(f"PRAGMA {name}").fetchone()
         return None if row is None else row[0]
 
     # -- writes ------------------------------------------------------------------------
 
-    async def write(self, op: _WriteOp[T]) -> T:
+    async def write(self, op: _WriteOp[T], *, single_statement: bool = False) -> T:
         """Queue ``op`` for the next group commit and return its result once committed.
+
+        Args:
+            op: the write; runs in the writer thread inside the batch transaction.
+            single_statement: ``op`` changes the database with at most one
+                statement and raises, if at all, only when that statement
+                changed nothing. sqlite makes a statement atomic, so such an op
+                needs no savepoint, and alone in its batch it runs as one
+                autocommit statement (one sqlite call, no BEGIN/COMMIT).
 
         Raises:
             StoreUnavailable: closed, or the batch failed to commit.
@@ -264,70 +326,95 @@ class _Engine:
         """
         if self._closing:
             raise StoreUnavailable(f"{self._path}: store is closed")
-        return await self._submit(op)
+        return await self._submit(op, single_statement)
 
-    async def _submit(self, op: _WriteOp[T]) -> T:
-        job: _Job[T] = _Job(op)
-        self._queue.append(job)
+    async def _submit(self, op: _WriteOp[T], single: bool = False) -> T:
+        job: _Job[T] = _Job(op, asyncio.get_running_loop().create_future(), single)
+        with self._wakeup:
+            self._pending.append(job)
+            if len(self._pending) == 1:
+                self._wakeup.notify()
+        # The writer thread owns the job now: it commits whatever happens here.
+        # Shielded, so the caller learns the outcome before a cancellation.
         with anyio.CancelScope(shield=True):
-            if self._committing:
-                await job.wake.wait()  # woken when done, or to lead the next batch
-            if not job.done:
-                await self._lead()
+            await job.future
         return job.outcome()
 
-    async def _lead(self) -> None:
-        self._committing = True
-        # One scheduler turn before taking the queue: tasks that were just woken
-        # by the previous commit (and are about to write again) join this batch
-        # instead of trailing one commit behind a batch of one.
-        await anyio.lowlevel.checkpoint()
-        batch, self._queue = self._queue, []
+    def _writer_main(self) -> None:
+        """The writer thread: take everything queued, commit it as one batch, repeat."""
+        wakeup, pending = self._wakeup, self._pending
+        while True:
+            with wakeup:
+                while not pending and not self._stopping:
+                    wakeup.wait()
+                if not pending:
+                    return
+                batch = pending[:]
+                pending.clear()
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # pragma: no cover - a bug, not a sqlite failure
+                for job in batch:
+                    if job.error is None:
+                        job.error = StoreUnavailable(f"sqlite commit failed: {exc!r}")
+            self._post(batch)
+
+    def _post(self, batch: list[_Job[Any]]) -> None:
+        """Hand a finished batch back to the event loop(s) of its callers (writer thread)."""
+        loops: dict[asyncio.AbstractEventLoop, list[_Job[Any]]] = {}
+        for job in batch:
+            loops.setdefault(job.future.get_loop(), []).append(job)
+        for loop, jobs in loops.items():
+            # RuntimeError: the loop is closed, so nobody is waiting any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._finish, jobs)
+
+    def _finish(self, batch: list[_Job[Any]]) -> None:
+        """Run change listeners, then wake the callers (loop thread)."""
         try:
-            await anyio.to_thread.run_sync(self._commit, batch)
-        except Exception as exc:  # the thread hand-off itself failed
             for job in batch:
-                if not job.done and job.error is None:
-                    job.error = StoreUnavailable(f"sqlite commit failed: {exc}")
-                    job.error.__cause__ = exc
-        finally:
-            for job in batch:
-                job.done = True
                 if job.error is None and job.changed:
                     self._on_commit(job.changed)
+        except Exception:  # pragma: no cover - on_commit callbacks do not raise
+            _log.exception("sqlite on_commit callback failed on %s", self._path)
+        finally:
             for job in batch:
-                job.wake.set()
-            if self._queue:
-                self._queue[0].wake.set()  # the oldest waiter leads the next batch
-            else:
-                self._committing = False
+                if not job.future.done():
+                    job.future.set_result(None)
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
-        """Run ``batch`` as one transaction (worker thread)."""
+        """Run ``batch`` as one transaction (writer thread)."""
         conn = self._writer
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                job.run(conn)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    _log.exception("sqlite rollback failed on %s", self._path)
-            for job in batch:
-                if job.error is None:  # a write refused on its own keeps its reason
-                    job.error = StoreUnavailable(f"sqlite commit failed: {exc}")
-                    job.error.__cause__ = exc
-            return
+        with self._writer_lock:
+            if len(batch) == 1 and batch[0].single:
+                # autocommit: the statement is its own transaction (durable when it returns)
+                batch[0].run(conn, savepoint=False)
+                self.writes += 1
+                self.transactions += batch[0].error is None
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for job in batch:
+                    job.run(conn, savepoint=not job.single)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        _log.exception("sqlite rollback failed on %s", self._path)
+                for job in batch:
+                    if job.error is None:  # a write refused on its own keeps its reason
+                        job.error = StoreUnavailable(f"sqlite commit failed: {exc}")
+                        job.error.__cause__ = exc
+                return
         self.transactions += 1
         self.writes += len(batch)
 
     # -- reads -------------------------------------------------------------------------
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on a free read connection in a worker thread.
+        """Run ``fn`` on a free pooled read connection in a worker thread.
 
         Raises:
             StoreUnavailable: closed, or sqlite failed.
@@ -340,6 +427,54 @@ class _Engine:
                 return await anyio.to_thread.run_sync(self._run_read, fn, conn)
             finally:
                 self._free.append(conn)
+
+    async def read_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a point lookup ``fn`` right here on the loop thread, else like :meth:`read`.
+
+        WAL readers take no lock that a writer holds, so an indexed lookup in a
+        warm database costs microseconds, far less than a thread hop. The
+        inline connection never waits for a lock (``timeout=0``): in the rare
+        case sqlite reports it busy (another process recovering the WAL), the
+        read is retried in the pool, which waits. Only the first thread that
+        reads inline uses the connection; others use the pool.
+
+        Raises:
+            StoreUnavailable: closed, or sqlite failed.
+        """
+        conn = self._inline
+        if conn is None or self._closing:
+            return await self.read(fn)
+        me = threading.get_ident()
+        if self._inline_thread != me:
+            if self._inline_thread is not None:
+                return await self.read(fn)
+            self._inline_thread = me
+        try:
+            return fn(conn)
+        except sqlite3.Error as exc:
+            if not _is_busy(exc):
+                raise StoreUnavailable(f"sqlite read failed: {exc}") from exc
+        return await self.read(fn)
+
+    def inline_scalar(self, sql: str) -> object | None:
+        """The first column of ``sql``'s first row, read on the inline connection.
+
+        Synchronous; ``None`` when there is no row, the store is closing, the
+        inline connection belongs to another thread, or sqlite failed.
+        """
+        conn = self._inline
+        if conn is None or self._closing:
+            return None
+        me = threading.get_ident()
+        if self._inline_thread != me:
+            if self._inline_thread is not None:
+                return None
+            self._inline_thread = me
+        try:
+            row = conn.execute(sql).fetchone()
+        except sqlite3.Error:
+            return None
+        return None if row is None else row[0]
 
     @staticmethod
     def _run_read(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
@@ -358,6 +493,10 @@ class _Engine:
             # FIFO: once this empty job commits, every earlier write has too.
             await self._submit(_noop)
             with anyio.CancelScope(shield=True):
+                with self._wakeup:
+                    self._stopping = True
+                    self._wakeup.notify()
+                await anyio.to_thread.run_sync(self._thread.join)
                 for _ in self._readers:
                     await self._read_slots.acquire()
                 await anyio.to_thread.run_sync(self._close_connections)
@@ -399,6 +538,20 @@ def _record(row: _Row) -> StoredRecord:
     )
 
 
+_UPSERT_TAIL = (
+    " ON CONFLICT (owner, value_hash) DO UPDATE SET ttl = excluded.ttl, "
+    "stored_ts_ms = excluded.stored_ts_ms, expires_at = excluded.expires_at"
+)
+_UPSERT = f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?){_UPSERT_TAIL}"
+# ?1..?6 as in _UPSERT, ?7 = now, ?8 = max_values
+_UPSERT_CAPPED = (
+    f"INSERT INTO records ({_RECORD_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
+    "WHERE (SELECT count(*) FROM records WHERE owner = ?1 AND expires_at > ?7) < ?8 "
+    "OR EXISTS (SELECT 1 FROM records WHERE owner = ?1 AND value_hash = ?6 AND expires_at > ?7)"
+    f"{_UPSERT_TAIL}"
+)
+
+
 class SqliteRecordStore:
     """Signed TXT records in sqlite, implementing :class:`dmp.ports.store.RecordStore`.
 
@@ -409,8 +562,10 @@ class SqliteRecordStore:
         path: database file (``DMP_DB_PATH``); created if missing.
         synchronous: ``"FULL"`` (default, survives power loss) or ``"NORMAL"``
             (survives process crashes only); see the module docstring.
-        readers: read connections, i.e. reads that can run at once.
+        readers: pooled read connections, i.e. pooled reads that can run at once.
         busy_timeout_s: wait for locks held by other connections to the file.
+        inline_reads: answer ``get`` and ``count_values`` on the loop thread
+            (see the module docstring); ``False`` sends them to the pool.
 
     Raises:
         StoreUnavailable: the database cannot be opened in WAL mode.
@@ -423,6 +578,7 @@ class SqliteRecordStore:
         synchronous: Synchronous = "FULL",
         readers: int = 4,
         busy_timeout_s: float = 5.0,
+        inline_reads: bool = True,
     ) -> None:
         self._listeners: list[OwnerListener] = []
         self._engine = _Engine(
@@ -432,6 +588,7 @@ class SqliteRecordStore:
             synchronous=synchronous,
             readers=readers,
             busy_timeout_s=busy_timeout_s,
+            inline_reads=inline_reads,
         )
 
     @classmethod
@@ -442,11 +599,17 @@ class SqliteRecordStore:
         synchronous: Synchronous = "FULL",
         readers: int = 4,
         busy_timeout_s: float = 5.0,
+        inline_reads: bool = True,
     ) -> Self:
         """Open in a worker thread (same arguments as the constructor)."""
         return await anyio.to_thread.run_sync(
             functools.partial(
-                cls, path, synchronous=synchronous, readers=readers, busy_timeout_s=busy_timeout_s
+                cls,
+                path,
+                synchronous=synchronous,
+                readers=readers,
+                busy_timeout_s=busy_timeout_s,
+                inline_reads=inline_reads,
             )
         )
 
@@ -485,28 +648,25 @@ class SqliteRecordStore:
         stored_ts_ms = int(now * 1000)
         expires_at = now + ttl
 
+        params = (owner, value, ttl, stored_ts_ms, expires_at, digest)
+
         def op(conn: sqlite3.Connection) -> tuple[None, Sequence[str]]:
-            if max_values is not None:
-                live = conn.execute(
-                    "SELECT 1 FROM records WHERE owner = ? AND value_hash = ? AND expires_at > ?",
-                    (owner, digest, now),
+            if max_values is None:
+                conn.execute(_UPSERT, params)
+                return None, (owner,)
+            # The cap check and the write in one statement: the row goes in only when the
+            # owner holds fewer than max_values live values or this value is one of them
+            # (a refresh is always allowed).
+            cur = conn.execute(_UPSERT_CAPPED, (*params, now, max_values))
+            if cur.rowcount == 0:
+                (held,) = conn.execute(
+                    "SELECT count(*) FROM records WHERE owner = ? AND expires_at > ?",
+                    (owner, now),
                 ).fetchone()
-                if live is None:
-                    (held,) = conn.execute(
-                        "SELECT count(*) FROM records WHERE owner = ? AND expires_at > ?",
-                        (owner, now),
-                    ).fetchone()
-                    if held >= max_values:
-                        raise StoreFull(f"{owner} already holds {held} values (cap {max_values})")
-            conn.execute(
-                f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (owner, value_hash) DO UPDATE SET ttl = excluded.ttl, "
-                "stored_ts_ms = excluded.stored_ts_ms, expires_at = excluded.expires_at",
-                (owner, value, ttl, stored_ts_ms, expires_at, digest),
-            )
+                raise StoreFull(f"{owner} already holds {held} values (cap {max_values})")
             return None, (owner,)
 
-        await self._engine.write(op)
+        await self._engine.write(op, single_statement=True)
 
     async def delete(self, owner: str, value: str | None = None) -> int:
         """Delete one value or the whole RRset; returns rows removed.
@@ -525,7 +685,7 @@ class SqliteRecordStore:
                 )
             return cur.rowcount, (owner,) if cur.rowcount else ()
 
-        return await self._engine.write(op)
+        return await self._engine.write(op, single_statement=True)
 
     async def sweep_expired(self, now: float) -> int:
         """Delete rows with ``expires_at <= now`` in chunks of 2000 rows per commit.
@@ -569,7 +729,7 @@ class SqliteRecordStore:
             ).fetchall()
             return [_record(row) for row in rows]
 
-        return await self._engine.read(fn)
+        return await self._engine.read_inline(fn)
 
     async def count_values(self, owner: str, now: float) -> int:
         """How many unexpired values ``owner`` holds.
@@ -584,7 +744,7 @@ class SqliteRecordStore:
             ).fetchone()
             return int(held)
 
-        return await self._engine.read(fn)
+        return await self._engine.read_inline(fn)
 
     async def digest(
         self, after: tuple[int, str, str], limit: int, now: float
@@ -673,8 +833,15 @@ class SqliteTsigKeyStore:
 
     Same file handling, threads and group commit as :class:`SqliteRecordStore`;
     ``path`` may be the record store's file. ``generation`` lives in this
-    object (it starts at 0 on open) and bumps on the loop thread as each
-    change commits.
+    object (it starts at 0 on open). It bumps on the loop thread as each of
+    this object's changes commits, and also when *another* connection or
+    process changed the keys (``dmp-node admin tsig revoke``): reading
+    ``generation`` checks, at most every ``change_check_s``, the inline
+    connection's ``PRAGMA data_version`` (moves when anyone else commits to
+    the file; no I/O) and, only when it moved, the ``tsig_keys_version`` row
+    that triggers on ``tsig_keys`` bump. So record writes sharing the file do
+    not count, and a revocation from another process is seen by the first
+    keyring check ``change_check_s`` after it.
 
     Raises:
         StoreUnavailable: the database cannot be opened in WAL mode.
@@ -687,8 +854,13 @@ class SqliteTsigKeyStore:
         synchronous: Synchronous = "FULL",
         readers: int = 2,
         busy_timeout_s: float = 5.0,
+        change_check_s: float = 0.1,
     ) -> None:
         self._generation = 0
+        self._check_every = change_check_s
+        self._next_check = 0.0
+        self._data_version: object = None
+        self._keys_version: object = None
         self._engine = _Engine(
             path,
             _TSIG_SCHEMA,
@@ -706,11 +878,17 @@ class SqliteTsigKeyStore:
         synchronous: Synchronous = "FULL",
         readers: int = 2,
         busy_timeout_s: float = 5.0,
+        change_check_s: float = 0.1,
     ) -> Self:
         """Open in a worker thread (same arguments as the constructor)."""
         return await anyio.to_thread.run_sync(
             functools.partial(
-                cls, path, synchronous=synchronous, readers=readers, busy_timeout_s=busy_timeout_s
+                cls,
+                path,
+                synchronous=synchronous,
+                readers=readers,
+                busy_timeout_s=busy_timeout_s,
+                change_check_s=change_check_s,
             )
         )
 
@@ -724,12 +902,37 @@ class SqliteTsigKeyStore:
         """The writer connection's ``PRAGMA name`` (blocking; for tests and diagnostics)."""
         return self._engine.pragma(name)
 
+    def _versions(self) -> tuple[object, object] | None:
+        """``(data_version, tsig_keys_version)`` read inline, or None when not possible here."""
+        data_version = self._engine.inline_scalar("PRAGMA data_version")
+        if data_version is None:
+            return None
+        if data_version == self._data_version:
+            return data_version, self._keys_version
+        keys_version = self._engine.inline_scalar("SELECT version FROM tsig_keys_version")
+        if keys_version is None:
+            return None
+        return data_version, keys_version
+
     def _bump(self, changed: Sequence[str]) -> None:
+        """A change of ours committed (loop thread): count it, and take it as seen."""
         self._generation += 1
+        versions = self._versions()
+        if versions is not None:
+            self._data_version, self._keys_version = versions
 
     @property
     def generation(self) -> int:
-        """Change counter; bumps as each put or successful revoke commits."""
+        """Change counter; bumps as each put or successful revoke commits, and when
+        another connection changed the keys (checked at most every ``change_check_s``)."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self._check_every
+            versions = self._versions()
+            if versions is not None:
+                if self._keys_version is not None and versions[1] != self._keys_version:
+                    self._generation += 1
+                self._data_version, self._keys_version = versions
         return self._generation
 
     async def put(self, key: TsigKey) -> None:
@@ -758,7 +961,7 @@ class SqliteTsigKeyStore:
             )
             return None, (key.keyname,)
 
-        await self._engine.write(op)
+        await self._engine.write(op, single_statement=True)
 
     async def revoke(self, keyname: str) -> bool:
         """Mark revoked; False when unknown.
@@ -771,7 +974,7 @@ class SqliteTsigKeyStore:
             cur = conn.execute("UPDATE tsig_keys SET revoked = 1 WHERE keyname = ?", (keyname,))
             return cur.rowcount > 0, (keyname,) if cur.rowcount else ()
 
-        return await self._engine.write(op)
+        return await self._engine.write(op, single_statement=True)
 
     async def _select(self, where: str, params: tuple[object, ...]) -> list[TsigKey]:
         def fn(conn: sqlite3.Connection) -> list[TsigKey]:

@@ -39,7 +39,7 @@ from dmp.apps.node.config import MEMORY, ConfigError, NodeConfig
 from dmp.ports.clock import Clock
 from dmp.ports.store import RecordStore, TsigKeyStore
 
-__all__ = ["Node", "StartupError", "WatchedTsigKeys", "build_node", "run_node", "serve"]
+__all__ = ["Node", "StartupError", "build_node", "run_node", "serve"]
 
 log = logging.getLogger("dmp.node")
 
@@ -174,54 +174,10 @@ async def _open_tsig_store(config: NodeConfig) -> TsigKeyStore:
     path = Path(config.tsig_db_path)
     _prepare_parent(path, "DMP_TSIG_DB_PATH")
     try:
-        inner = await SqliteTsigKeyStore.open(path, synchronous=config.db_synchronous)
+        # its generation also moves when another process (dmp-node admin tsig) changes keys
+        return await SqliteTsigKeyStore.open(path, synchronous=config.db_synchronous)
     except StoreError as exc:
         raise StartupError("DMP_TSIG_DB_PATH", f"cannot open {path}: {exc}") from None
-    return WatchedTsigKeys(inner, path)
-
-
-class WatchedTsigKeys:
-    """A sqlite TSIG keystore whose ``generation`` also moves when another process changes it.
-
-    ``dmp-node admin tsig revoke`` runs in its own process, and the store's
-    ``generation`` only counts this object's own writes, so the DNS handler's
-    cached keyring would keep a revoked key until a restart. :meth:`poll`
-    (run every second by :func:`run_node`) stats the database and its WAL;
-    any change bumps the generation and the handler reloads the keyring on
-    its next UPDATE. Everything else is delegated to the wrapped store.
-    """
-
-    def __init__(self, inner: TsigKeyStore, path: Path) -> None:
-        self._inner = inner
-        self._paths = (path, path.with_name(path.name + "-wal"))
-        self._external = 0
-        self._last = self._stamp()
-
-    def _stamp(self) -> tuple[tuple[int, int], ...]:
-        out = []
-        for p in self._paths:
-            try:
-                st = p.stat()
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((0, 0))
-        return tuple(out)
-
-    def poll(self) -> bool:
-        """Bump the generation if the files changed since the last poll; True if so."""
-        stamp = self._stamp()
-        if stamp == self._last:
-            return False
-        self._last = stamp
-        self._external += 1
-        return True
-
-    @property
-    def generation(self) -> int:
-        return self._inner.generation + self._external
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 async def _open_token_store(config: NodeConfig) -> Any:
@@ -328,14 +284,6 @@ async def _sweep_worker(node: Node) -> None:
             log.info("swept expired records", extra={"removed": removed})
 
 
-async def _watch_tsig_db(keys: WatchedTsigKeys, interval_s: float = 1.0) -> None:
-    """Notice TSIG key changes made by other processes (``dmp-node admin tsig``)."""
-    while True:
-        await anyio.sleep(interval_s)
-        if keys.poll():
-            log.debug("TSIG database changed on disk; keyring reloads on next use")
-
-
 async def _watch_signals(stop: anyio.Event, hard: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -438,8 +386,6 @@ async def run_node(
                 extra={"service": "http", "host": cfg.http_host, "port": http_port},
             )
             tg.start_soon(_sweep_worker, node)
-            if isinstance(node.tsig_keys, WatchedTsigKeys):
-                tg.start_soon(_watch_tsig_db, node.tsig_keys)
             log.info(
                 "ready",
                 extra={"startup_ms": round((time.monotonic() - node.started_at) * 1000)},
