@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import signal
+import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 from anyio.streams.text import TextReceiveStream
 from hypothesis import given, settings
@@ -33,7 +36,7 @@ def sha(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-pooled-reads"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """A factory for fresh stores of one kind (each sqlite store gets its own file)."""
     counter = iter(range(1_000_000))
@@ -41,7 +44,10 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     async def make() -> RecordStore:
         if request.param == "memory":
             return MemoryRecordStore()
-        return await SqliteRecordStore.open(tmp_path / f"records-{next(counter)}.db")
+        return await SqliteRecordStore.open(
+            tmp_path / f"records-{next(counter)}.db",
+            inline_reads=request.param == "sqlite",
+        )
 
     return make
 
@@ -632,3 +638,39 @@ async def test_sqlite_acknowledged_puts_survive_sigkill(tmp_path: Path, synchron
         stored = {(r.owner, r.value) for r in await all_rows(reopened, NOW, page=1000)}
     missing = [pair for pair in acked if pair not in stored]
     assert missing == [], f"{len(missing)} acknowledged puts lost ({synchronous})"
+
+
+class _BusyConnection:
+    """Stands in for the inline read connection: sqlite says the database is locked."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def execute(self, *args: object) -> None:
+        self.calls += 1
+        raise sqlite3.OperationalError("database is locked")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_sqlite_busy_inline_read_is_retried_in_the_pool(sqlite: SqliteRecordStore) -> None:
+    """The loop-thread read never waits for a lock: a busy answer goes to the reader pool."""
+    await sqlite.put(OWNER, "a", 60, NOW)
+    busy = _BusyConnection()
+    sqlite._engine._inline = busy  # type: ignore[assignment]
+    assert [r.value for r in await sqlite.get(OWNER, NOW)] == ["a"]
+    assert await sqlite.count_values(OWNER, NOW) == 1
+    assert busy.calls == 2
+
+
+async def test_sqlite_inline_reads_stay_on_one_thread(sqlite: SqliteRecordStore) -> None:
+    """Reads from another thread than the loop's use the pool, not the inline connection."""
+    await sqlite.put(OWNER, "a", 60, NOW)
+    assert await sqlite.count_values(OWNER, NOW) == 1  # the loop thread claims it
+
+    def elsewhere() -> int:
+        return anyio.run(sqlite.count_values, OWNER, NOW)
+
+    assert await anyio.to_thread.run_sync(elsewhere) == 1
+    assert sqlite._engine._inline_thread == threading.get_ident()
