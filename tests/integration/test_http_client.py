@@ -26,7 +26,12 @@ import pytest
 from dmp.adapters.clock import SystemClock
 from dmp.adapters.dns_client import DirectReader, TsigUpdateWriter
 from dmp.adapters.http_api import HttpConfig, create_app
-from dmp.adapters.http_client import BearerWriter, RegistrationClient, normalize_base_url
+from dmp.adapters.http_client import (
+    MAX_CONNECTIONS,
+    BearerWriter,
+    RegistrationClient,
+    normalize_base_url,
+)
 from dmp.adapters.memory_store import MemoryRecordStore, MemoryTsigKeyStore
 from dmp.adapters.token_store import MemoryTokenStore
 from dmp.domain import registration as reg
@@ -381,6 +386,53 @@ async def test_real_connection_refused_is_unreachable() -> None:
     async with RegistrationClient(f"http://127.0.0.1:{port}", timeout=2.0) as client:
         with pytest.raises(PeerUnreachable):
             await client.health()
+
+
+async def test_writes_open_at_most_max_connections_at_once() -> None:
+    """16 writes at once reach the node over at most MAX_CONNECTIONS connections.
+
+    The server here answers like the reference node: HTTP/1.0, one connection
+    per request (its stdlib server has a listen backlog of 5 and reset the
+    connections beyond it when a send published 16 chunks at once).
+    """
+    active = peak = served = 0
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        nonlocal active, peak, served
+        async with stream:
+            active += 1
+            peak = max(peak, active)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += await stream.receive()
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.lower().split(b"\r\n")
+                    if line.startswith(b"content-length:")
+                )
+                while len(body) < length:
+                    body += await stream.receive()
+                await anyio.sleep(0.01)  # the server's latency: lets requests overlap
+                await stream.send(b"HTTP/1.0 201 Created\r\nContent-Length: 0\r\n\r\n")
+                served += 1
+            finally:
+                active -= 1
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    owners = [dns.name.from_text(f"chunk-{i:04d}-0123456789ab.{ZONE}.") for i in range(16)]
+    async with listener, anyio.create_task_group() as server:
+        server.start_soon(listener.serve, handle)
+        writer = BearerWriter(f"http://127.0.0.1:{port}", "t", timeout=5.0)
+        async with writer, anyio.create_task_group() as writes:
+            for owner in owners:
+                writes.start_soon(writer.publish, owner, "v" * 300, 60)
+        server.cancel_scope.cancel()
+
+    assert served == len(owners)
+    assert 2 <= peak <= MAX_CONNECTIONS
 
 
 async def test_health_returns_the_degraded_body() -> None:

@@ -19,7 +19,8 @@ text in the message.
 
 Each object owns one ``httpx.AsyncClient`` (created on first use, so
 connections are reused across calls, and httpx is imported only then: a
-``recv`` that never writes does not pay for it); close it with ``aclose()`` or use the
+``recv`` that never writes does not pay for it), with at most
+:data:`MAX_CONNECTIONS` connections open at once; close it with ``aclose()`` or use the
 object as an async context manager. Tests inject an
 ``httpx.AsyncBaseTransport`` (``httpx.MockTransport``, or
 ``httpx.ASGITransport`` over the node's Quart app).
@@ -40,9 +41,22 @@ if TYPE_CHECKING:
     import dns.name
     import httpx
 
-__all__ = ["DEFAULT_HTTP_TIMEOUT_S", "BearerWriter", "RegistrationClient", "normalize_base_url"]
+__all__ = [
+    "DEFAULT_HTTP_TIMEOUT_S",
+    "MAX_CONNECTIONS",
+    "BearerWriter",
+    "RegistrationClient",
+    "normalize_base_url",
+]
 
 DEFAULT_HTTP_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 4
+"""Connections one client opens to a node at once; more requests wait for one.
+
+The reference node's HTTP server (stdlib, HTTP/1.0: a new connection per
+request) listens with a backlog of 5 and resets connections beyond it: 16
+writes at once (a ``send``, ``refresh-prekeys``) lost a few to ``ReadError``.
+"""
 _USER_AGENT = "dmp"
 _MAX_ERROR_TEXT = 200
 
@@ -129,6 +143,7 @@ class _Session:
                 transport=self._transport,
                 timeout=httpx.Timeout(self._timeout),
                 headers=self._headers,
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS),
             )
         return self._client
 
