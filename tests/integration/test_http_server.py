@@ -326,3 +326,68 @@ async def test_keep_alive_connection_serves_several_requests() -> None:
                 assert data.startswith(b"HTTP/1.1 200")
             assert _open_connections() == 1
         tg.cancel_scope.cancel()
+
+
+async def _read_until_closed(stream: Any) -> bytes:
+    data = b""
+    while True:
+        try:
+            data += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return data
+
+
+async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
+    """A keep-alive connection left idle is closed by the server after keep_alive_timeout."""
+    app = create_app(
+        HttpConfig(http_host="127.0.0.1"),
+        store=MemoryRecordStore(),
+        clock=SystemClock(),
+        random_bytes=os.urandom,
+    )
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(
+            lambda task_status: serve_http(
+                app, "127.0.0.1", 0, task_status=task_status, keep_alive_timeout=0.2
+            )
+        )
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            with anyio.fail_after(3):  # closed after ~0.2 s idle, not left open
+                data = await _read_until_closed(stream)
+        assert data.startswith(b"HTTP/1.1 200")
+        assert data.endswith(b'{"status": "ok"}')
+        await _until_no_connections(1.0)
+        tg.cancel_scope.cancel()
+
+
+async def test_shutdown_closes_idle_keep_alive_connections_at_once() -> None:
+    """On shutdown an idle keep-alive connection is closed at once, not after its timer."""
+    app = create_app(
+        HttpConfig(http_host="127.0.0.1"),
+        store=MemoryRecordStore(),
+        clock=SystemClock(),
+        random_bytes=os.urandom,
+    )
+    shutdown = anyio.Event()
+    with anyio.fail_after(3):  # the keep-alive timer (60 s here) must not be waited for
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(
+                lambda task_status: serve_http(
+                    app,
+                    "127.0.0.1",
+                    0,
+                    task_status=task_status,
+                    shutdown=shutdown,
+                    keep_alive_timeout=60,
+                )
+            )
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                await stream.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                while not data.endswith(b'{"status": "ok"}'):
+                    data += await stream.receive()
+                assert _open_connections() == 1
+                shutdown.set()
+                assert await _read_until_closed(stream) == b""
+    assert _port_closed(port)

@@ -46,9 +46,11 @@ import attrs
 import quart
 from anyio.abc import TaskStatus
 from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import AsyncioSingleTask
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Event as HypercornEvent
 from hypercorn.events import Updated
+from hypercorn.typing import TaskGroup as HypercornTaskGroup
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from werkzeug.exceptions import HTTPException, RequestTimeout
@@ -793,6 +795,7 @@ async def serve_http(
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
     shutdown: anyio.Event | None = None,
     graceful_timeout: float = 5.0,
+    keep_alive_timeout: float = 5.0,
 ) -> None:
     """Serve ``app`` with hypercorn in the current (asyncio) event loop.
 
@@ -800,6 +803,7 @@ async def serve_http(
     reported through ``task_status.started(port)`` (use ``await tg.start(...)``).
     The server stops gracefully (in-flight requests get ``graceful_timeout``
     seconds) when ``shutdown`` is set or when the calling task is cancelled.
+    A keep-alive connection idle for ``keep_alive_timeout`` seconds is closed.
 
     Connections are hypercorn's own (``TCPServer``, h11), accepted by
     :func:`_serve_hypercorn` so that a connection the client has closed is
@@ -826,6 +830,7 @@ async def serve_http(
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("dmp.http.server")
     cfg.graceful_timeout = graceful_timeout
+    cfg.keep_alive_timeout = keep_alive_timeout
     cfg.include_server_header = False
     cfg.backlog = 1024
 
@@ -852,6 +857,51 @@ async def serve_http(
                 await finished.wait()
 
 
+class _IdleTimer(AsyncioSingleTask):
+    """hypercorn's keep-alive timer as one loop timer instead of a task.
+
+    ``TCPServer`` re-arms its idle timer on every request boundary (armed at
+    connect, stopped when a request starts, re-armed after the response,
+    stopped at close); hypercorn's ``AsyncioSingleTask`` creates a task and
+    cancels it each time, four tasks per one-request connection. Here each is
+    a ``call_later`` handle. When it fires, the connection is closed as
+    hypercorn's own timer does; at shutdown :func:`_serve_hypercorn` fires
+    every armed timer at once (hypercorn's timer also ends on ``terminated``).
+    """
+
+    def __init__(self, conn: _Connection, armed: set[_IdleTimer]) -> None:
+        # AsyncioSingleTask.__init__ is not called: nothing of it is used.
+        self._conn = conn
+        self._armed = armed
+        self._timer: asyncio.TimerHandle | None = None
+        self._group: HypercornTaskGroup | None = None
+
+    async def restart(self, task_group: HypercornTaskGroup, action: Callable[..., Any]) -> None:
+        self._cancel()
+        self._group = task_group
+        if self._conn.context.terminated.is_set():
+            self.fire()
+            return
+        loop, timeout = self._conn.loop, self._conn.config.keep_alive_timeout
+        self._timer = loop.call_later(timeout, self.fire)
+        self._armed.add(self)
+
+    async def stop(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._armed.discard(self)
+
+    def fire(self) -> None:
+        """Close the idle connection now (the timer ran out, or the server stops)."""
+        self._cancel()
+        if self._group is not None:
+            self._group.spawn(self._conn._initiate_server_close)
+
+
 class _Connection(TCPServer):
     """hypercorn's HTTP/1.1 connection, released as soon as the client has closed it.
 
@@ -867,10 +917,15 @@ class _Connection(TCPServer):
     stopped there, and a response still in flight (a client that half-closed
     after its request) closes the connection when it ends instead of
     re-arming the timer. The connection's objects are then freed by the
-    young-generation collector (RSS stays flat).
+    young-generation collector (RSS stays flat). The timer itself is an
+    :class:`_IdleTimer`.
     """
 
     _peer_closed = False
+
+    def __init__(self, *args: Any, armed: set[_IdleTimer]) -> None:
+        super().__init__(*args)
+        self.idle_task = _IdleTimer(self, armed)
 
     async def _read_data(self) -> None:
         await super()._read_data()
@@ -911,19 +966,22 @@ async def _serve_hypercorn(
     await lifespan.wait_for_startup()
     context = WorkerContext(None)
     connections: set[asyncio.Task[Any]] = set()
+    idle: set[_IdleTimer] = set()
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             connections.add(task)
             task.add_done_callback(connections.discard)
-        await _Connection(asgi, loop, config, context, state, reader, writer)
+        await _Connection(asgi, loop, config, context, state, reader, writer, armed=idle)
 
     server = await asyncio.start_server(on_connect, sock=sock, backlog=config.backlog)
     try:
         await shutdown_trigger()
     finally:
-        await context.terminated.set()  # idle keep-alive connections close now
+        await context.terminated.set()  # connections finishing a request close after it
+        for timer in list(idle):
+            timer.fire()  # idle keep-alive connections close now
         server.close()
         await server.wait_closed()
         if connections:
