@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections import Counter
 from typing import Any
 
 import anyio
@@ -410,6 +411,44 @@ async def test_cache_is_bounded() -> None:
     for i in range(20):
         await node.query(f"n{i}.mesh.test")
     assert node.handler.cache_size == 8
+    # eviction also forgets the owner index, so invalidation stays bounded too
+    assert len(node.handler._by_qname) == 8
+    node.handler.invalidate("n19.mesh.test")
+    assert node.handler.cache_size == 7
+
+
+async def _expiry_times(node: Node, names: list[str], step: float) -> list[float]:
+    """Fill the cache for ``names`` at once; seconds until each entry stops being served."""
+    wires = [dns.message.make_query(n, "TXT", use_edns=0).to_wire() for n in names]
+    for name in names:
+        await node.query(name, use_edns=0)
+    start, gone = node.clock.now(), {}
+    while len(gone) < len(wires):
+        node.clock.advance(step)
+        for i, wire in enumerate(wires):
+            if i not in gone and node.handler.answer_cached(wire, PEER) is None:
+                gone[i] = node.clock.now() - start
+    return [gone[i] for i in range(len(wires))]
+
+
+async def test_entries_filled_together_expire_spread_over_the_jitter_window() -> None:
+    """Max age 60 s, jitter 0.25: entries end between 45 and 60 s, not all at once."""
+    node = Node(answer_cache_max_age_s=60.0, answer_cache_jitter=0.25)
+    names = [f"j{i}.mesh.test" for i in range(200)]
+    ends = await _expiry_times(node, names, 0.5)
+    assert all(45.0 <= end <= 60.0 for end in ends)
+    assert max(ends) - min(ends) >= 12.0
+    assert max(Counter(ends).values()) <= 20  # no instant holds more than 10 % of them
+
+
+async def test_no_jitter_keeps_the_plain_max_age() -> None:
+    node = Node(answer_cache_max_age_s=60.0, answer_cache_jitter=0.0)
+    assert await _expiry_times(node, ["a.mesh.test", "b.mesh.test"], 0.5) == [60.0, 60.0]
+
+
+def test_jitter_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match="answer_cache_jitter"):
+        DnsConfig(answer_cache_jitter=1.5)
 
 
 @pytest.mark.parametrize("wire", [b"", b"\x00", b"\x12\x34" + b"\x00" * 9])

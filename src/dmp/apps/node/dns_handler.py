@@ -39,9 +39,14 @@ qclass, EDNS present), holding the full rendering and, when it is over 512
 bytes, the truncated one (~500 bytes of overhead per entry); per query only the message ID, the RD bit and the question's case are patched
 in. An entry is dropped when the store reports a change at its owner
 (``RecordStore.add_listener``), when a stored row it shows expires, after
-``answer_cache_max_age_s`` (which also refreshes the SOA serial), or by FIFO
-eviction past ``answer_cache_size``. A read racing a write never caches what
-it read.
+its max age (which also refreshes the SOA serial), or by FIFO eviction past
+``answer_cache_size``. A read racing a write never caches what it read. The
+max age is ``answer_cache_max_age_s`` shortened by up to
+``answer_cache_jitter`` of it, by a fraction derived from the key's CRC-32:
+entries filled together (a cold start, a query sweep) then expire spread over
+that window instead of all re-rendering in the same instant. The cache holds
+no per-entry container that the cyclic GC must scan (tuples of bytes and
+numbers only), so it adds nothing to a full collection.
 
 Rate limit: one token bucket per source IP and transport
 (``dns_rate``/``dns_burst``, 0 disables); over-limit messages are dropped
@@ -100,6 +105,7 @@ import logging
 import re
 import struct
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal
@@ -220,6 +226,8 @@ class DnsConfig:
             entry costs ~500 bytes plus its answer, so the default bounds a
             random-name flood to ~35 MB of negative answers.
         answer_cache_max_age_s: *dmp*, longest an entry is served, seconds.
+        answer_cache_jitter: *dmp*, fraction of ``answer_cache_max_age_s``
+            (0 to 1) by which an entry's max age is shortened, per key.
         edns_payload: *dmp*, the UDP payload size we advertise in our OPT.
     """
 
@@ -243,6 +251,10 @@ class DnsConfig:
     claim_burst: float = 30.0
     answer_cache_size: int = 65_536
     answer_cache_max_age_s: float = 60.0
+    answer_cache_jitter: float = attrs.field(
+        default=0.25,
+        validator=attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0)),
+    )
     edns_payload: int = 1232
 
 
@@ -499,7 +511,7 @@ class DnsHandler:
         self._opt_rr = b"\x00\x00\x29" + config.edns_payload.to_bytes(2, "big") + b"\x00" * 6
         # answer cache
         self._cache: dict[bytes, _CacheEntry] = {}
-        self._by_qname: dict[bytes, list[bytes]] = {}
+        self._by_qname: dict[bytes, tuple[bytes, ...]] = {}
         self._reading: dict[bytes, int] = {}
         self._dirty: set[bytes] = set()
         self._epoch = 0
@@ -586,15 +598,24 @@ class DnsHandler:
             old_qname = old_key[: cache.pop(old_key)[3]]
             siblings = self._by_qname.get(old_qname)
             if siblings is not None:
-                if old_key in siblings:
-                    siblings.remove(old_key)
-                if not siblings:
+                rest = tuple(k for k in siblings if k != old_key)
+                if rest:
+                    self._by_qname[old_qname] = rest
+                else:
                     del self._by_qname[old_qname]
         elif key in cache:
             cache[key] = entry
             return
         cache[key] = entry
-        self._by_qname.setdefault(key[: entry[3]], []).append(key)
+        qname = key[: entry[3]]
+        self._by_qname[qname] = (*self._by_qname.get(qname, ()), key)
+
+    def _max_age(self, key: bytes) -> float:
+        """Seconds the entry at ``key`` may be served: the max age less its jitter."""
+        cfg = self.config
+        return cfg.answer_cache_max_age_s * (
+            1.0 - cfg.answer_cache_jitter * zlib.crc32(key) / 2**32
+        )
 
     @property
     def cache_size(self) -> int:
@@ -758,7 +779,7 @@ class DnsHandler:
         aa = True
         answers: list[bytes] = []
         authority: list[bytes] = []
-        valid_until = now + cfg.answer_cache_max_age_s
+        valid_until = now + self._max_age(key)
         stale = False
         ttl = struct.pack("!I", cfg.dns_ttl & 0xFFFFFFFF)
         if qclass != dns.rdataclass.IN or qtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
@@ -876,7 +897,7 @@ class DnsHandler:
             tc = self._render_truncated(query, resp)
         if parsed is not None and cacheable and not stale and valid_until is not None:
             key, qname_end, _, _ = parsed
-            valid_until = min(valid_until, now + self.config.answer_cache_max_age_s)
+            valid_until = min(valid_until, now + self._max_age(key))
             self._cache_put(key, (valid_until, full, tc, qname_end - 12))
         if transport == "udp" and len(full) > limit:
             assert tc is not None
