@@ -239,6 +239,27 @@ class CliUser:
         out = self.run("identity", "refresh-prekeys", "--count", str(prekeys)).stdout
         assert f"published {prekeys}/{prekeys} prekeys" in out, out
 
+    def rotate(self, new_passphrase: str, reason: str) -> str:
+        """``identity rotate --experimental --yes --reason R``; then use the new passphrase.
+
+        The new passphrase comes from ``DMP_NEW_PASSPHRASE``. Afterwards the
+        user runs with it as ``DMP_PASSPHRASE``; a reference user also sets
+        ``DMP_PASSPHRASE_OVERRIDE_VERIFY=1``: the reference's rotate (``--yes``,
+        no passphrase file) leaves the config's ``verify_pubkey`` at the old
+        key, and that variable is its own way past the mismatch.
+        """
+        env = dict(self.env, DMP_NEW_PASSPHRASE=new_passphrase)
+        saved, self.env = self.env, env
+        try:
+            out = self.run("identity", "rotate", "--experimental", "--yes", "--reason", reason)
+        finally:
+            self.env = saved
+        self.env["DMP_PASSPHRASE"] = new_passphrase
+        if self.impl == "ref":
+            self.env["DMP_PASSPHRASE_OVERRIDE_VERIFY"] = "1"
+        self._keys = None
+        return out.stdout
+
     def pin(self, other: CliUser) -> str:
         """Fetch, verify and pin ``other``; returns the output.
 

@@ -79,15 +79,22 @@ class _Transcripts:
             print(f"--- {self.node.kind} node log ---\n{self.node.log_tail(4000)}")
 
 
-def _set_up(node: NodeProc, *users: CliUser, v2: tuple[str, ...] = ()) -> None:
+def _set_up(
+    node: NodeProc, *users: CliUser, v2: tuple[str, ...] = (), doctor: bool = False
+) -> None:
     """init, get write access, publish identity + prekeys; checks both are on the node.
 
     Users named in ``v2`` publish with ``--advertise-v2``: senders then wrap
-    messages to them in the DMPv2 envelope (with a sender label).
+    messages to them in the DMPv2 envelope (with a sender label). With
+    ``doctor``, each user's ``dnsmesh doctor`` must find nothing to FAIL.
     """
     for u in users:
         u.init(node.http_port, node.dns_port)
         u.register(node.http_port, node.dns_port)
+        if doctor:
+            out = u.run("doctor").stdout
+            assert "PASS" in out, out
+            assert "FAIL" not in out, out
         u.publish(PREKEYS, advertise_v2=u.name in v2)
         assert len(txt(u.identity_owner, node.dns_port)) == 1
         assert len(txt(u.prekey_owner, node.dns_port)) == PREKEYS
@@ -99,18 +106,21 @@ def _pin(me: CliUser, peer: CliUser) -> None:
     assert peer.keys()["public_key"] in out, out
 
 
-def _exchange(node: NodeProc, sender: CliUser, receiver: CliUser, text: str) -> None:
-    """``sender`` sends ``text``; ``receiver`` gets exactly it once, over a one-time prekey."""
+def _exchange(node: NodeProc, sender: CliUser, receiver: CliUser, *texts: str) -> None:
+    """``sender`` sends ``texts``; one ``recv`` gets each exactly once, each over a prekey."""
     before = set(txt(receiver.prekey_owner, node.dns_port))
-    sender.send(receiver, text)
+    for text in texts:
+        sender.send(receiver, text)
     got = receiver.recv()
-    assert [body for _, body in got] == [text], got
-    who = got[0][0]
+    assert sorted(body for _, body in got) == sorted(texts), got
     spk = sender.keys()["signing_public_key"]
-    assert sender.name in who or who.startswith(spk[:16]), got
+    for who, _ in got:
+        assert sender.name in who or who.startswith(spk[:16]), got
     after = set(txt(receiver.prekey_owner, node.dns_port))
     consumed = before - after
-    assert len(consumed) == 1, f"{receiver!r}: {len(before)} prekeys before, {len(after)} after"
+    assert len(consumed) == len(texts), (
+        f"{receiver!r}: {len(before)} prekeys before, {len(after)} after"
+    )
     assert after <= before
     assert receiver.recv() == []
 
@@ -140,11 +150,11 @@ def test_send_and_receive_both_ways(
     alice = CliUser(alice_impl, "alice", tmp_path)
     bob = CliUser(bob_impl, "bob", tmp_path)
     with _Transcripts(node, alice, bob):
-        _set_up(node, alice, bob, v2=("bob",))
+        _set_up(node, alice, bob, v2=("bob",), doctor=True)
         _pin(alice, bob)
         _pin(bob, alice)
         to_bob, to_alice = _bodies(alice, bob, node)
-        _exchange(node, alice, bob, to_bob)
+        _exchange(node, alice, bob, to_bob, "and a second one, read in the same recv")
         _exchange(node, bob, alice, to_alice)
 
 
@@ -194,6 +204,42 @@ def test_our_cli_http_writers(node: NodeProc, mode: Mode, tmp_path: Path) -> Non
         to_bob, to_alice = _bodies(alice, bob, node)
         _exchange(node, alice, bob, to_bob)
         _exchange(node, bob, alice, to_alice)
+
+
+@pytest.mark.parametrize("reason", ["routine", "compromise"])
+@pytest.mark.parametrize("rotater", IMPLS, ids=lambda i: f"rotater={i}")
+def test_rotation_is_honoured_by_the_other_cli(
+    node: NodeProc, rotater: Impl, reason: str, tmp_path: Path
+) -> None:
+    """alice rotates her key; a user of the other CLI then resolves only the new key.
+
+    ``compromise`` also publishes a revocation of the old key. The rotation
+    record is > 255 bytes, so a reference alice writes over HTTP; on a
+    reference node only the operator token may write ``rotate.id-<hash16>``
+    (its scope classes leave that name out), so there she uses that.
+    """
+    other: Impl = "ref" if rotater == "dmp" else "dmp"
+    mode: Mode | None = "operator" if rotater == "ref" and node.kind == "ref" else None
+    alice = CliUser(rotater, "alice", tmp_path, mode=mode, operator_token=OPERATOR_TOKEN)
+    carol = CliUser(other, "carol", tmp_path)
+    with _Transcripts(node, alice, carol):
+        _set_up(node, alice, carol)
+        old = alice.keys()["signing_public_key"]
+        alice.rotate("alice: the NEW passphrase", reason)
+        new = alice.keys()["signing_public_key"]
+        assert new != old
+        assert len(txt(f"rotate.{alice.identity_owner}", node.dns_port)) == (
+            2 if reason == "compromise" else 1
+        )
+        assert len(txt(alice.identity_owner, node.dns_port)) == 2  # old and new
+        out = carol.pin(alice)
+        assert new in out, out
+        assert old not in out, out
+        # and the new key works: carol writes to alice (who pins carol), alice reads it
+        _pin(alice, carol)
+        text = f"to the rotated alice ({reason}) ✓"
+        carol.send(alice, text)
+        assert [body for _, body in alice.recv()] == [text]
 
 
 class ReferenceGap11(Exception):
