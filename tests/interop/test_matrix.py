@@ -1,30 +1,31 @@
 """The interop matrix: every mix of {reference, dmp} for the node, alice and bob.
 
 ``node`` (conftest: ``DMP_INTEROP_TARGETS``; ``make interop`` runs ``dmp,ref``)
-× alice's CLI × bob's CLI = 8 cases of :func:`test_send_and_receive_both_ways`.
-In each, both users:
+× alice's CLI × bob's CLI = 8 cases of :func:`test_send_and_receive_both_ways`
+(docs/interop.md has the table). In each, both users:
 
 1. ``init`` (own HOME, real Argon2id parameters);
 2. get write access: ``tsig register`` for a dmp user (DNS UPDATE + TSIG),
    ``register`` for a reference user (bearer token, HTTP writes): the
    reference's TSIG writer cannot publish the > 255-byte slot manifests
    (wire.md gap 11; :func:`test_reference_tsig_sender_cannot_send` keeps that
-   known);
-3. ``identity publish`` and ``identity refresh-prekeys --count 3``;
+   known); ``doctor`` finds nothing to FAIL;
+3. ``identity publish`` (bob: ``--advertise-v2``) and ``identity
+   refresh-prekeys --count 25`` (the CLI default; ~4.4 kB at one name);
 4. pin each other with ``identity fetch … --add`` (the keys fetched must be the
    ones the peer's own ``identity show`` prints). A reference user pins by bare
    name + ``--domain`` (see :meth:`CliUser.pin` for the reference bug this
    avoids).
 
-Then alice → bob and bob → alice: the receiver's ``recv`` shows exactly one
-message, from the sender, with exactly the body sent; exactly one of the
-receiver's one-time prekeys was used and its record deleted from the node; a
-second ``recv`` shows nothing (replay cache). One body spans several erasure
-chunks, the other is one; both carry non-ASCII text.
+Then alice sends bob two messages and bob sends alice one: the receiver's one
+``recv`` shows exactly the bodies sent, from the sender; one of the receiver's
+one-time prekeys per message was used and its record deleted from the node; a
+second ``recv`` shows nothing (replay cache). One body spans many erasure
+chunks, one has two lines; they carry non-ASCII text.
 
 Beyond the 8: first contact through claim records (same 8 mixes, on a node
-with receiver notifications on), and our CLI's HTTP writers (bearer and
-operator token) against both nodes.
+with receiver notifications on), our CLI's HTTP writers (bearer and operator
+token) against both nodes, and key rotation / revocation read by the other CLI.
 """
 
 from __future__ import annotations
