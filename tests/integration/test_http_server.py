@@ -285,8 +285,19 @@ async def test_connections_closed_by_the_client_are_released_at_once() -> None:
 
 
 async def test_half_closed_request_still_gets_its_response() -> None:
-    """A client that shuts down its sending side after the request still reads the reply."""
-    store = MemoryRecordStore()
+    """A client that shuts down its sending side after the request still reads the reply.
+
+    The store yields while it "commits", as the sqlite store does: hypercorn
+    reports the half-close as a disconnect while the handler waits.
+    """
+
+    class YieldingStore(MemoryRecordStore):
+        async def put(self, *args: Any, **kw: Any) -> None:
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            await super().put(*args, **kw)
+
+    store = YieldingStore()
     app = create_app(
         HttpConfig(http_host="127.0.0.1"), store=store, clock=SystemClock(), random_bytes=os.urandom
     )

@@ -53,6 +53,7 @@ from hypercorn.events import Updated
 from hypercorn.typing import TaskGroup as HypercornTaskGroup
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from quart.asgi import ASGIHTTPConnection
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
 from dmp.apps.node.registration import (
@@ -353,6 +354,58 @@ class _Gate:
                 self.count(scope["method"], status)
 
 
+class _HttpConnection(ASGIHTTPConnection):
+    """Quart's per-request ASGI handler, running the request in the task hypercorn gave it.
+
+    Quart starts two tasks per request, one feeding the body in and one
+    running the handler, waits for the first to finish and cancels the
+    other. Here the handler runs in the calling task and only the body
+    feeder is a task of its own (one task, one ``asyncio.wait`` and one
+    cancellation fewer per request, ~15 µs CPU).
+
+    A client that disconnects before its request body is complete has the
+    handler cancelled, as in Quart. Once the whole request is in, a
+    disconnect no longer cancels it: the handler finishes (a write it
+    started is committed either way) and its response goes out if the
+    client still reads, e.g. after closing only its sending side. Quart
+    would cancel such a request whenever the handler had to wait (a
+    committing store), so a half-closed client never got its 201.
+    """
+
+    _handling = True
+    _disconnected = False
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        request = self._create_request_from_scope(send)
+        task = asyncio.current_task()
+        assert task is not None
+        feeder = asyncio.get_running_loop().create_task(self._feed(request, receive, task))
+        try:
+            await self.handle_request(request, send)
+        except asyncio.CancelledError:
+            if not self._disconnected or task.cancelling() > 1:
+                raise  # someone else cancels us too
+        finally:
+            self._handling = False
+            feeder.cancel()
+            if self._disconnected:
+                task.uncancel()  # withdraw our own cancellation
+
+    async def _feed(self, request: quart.Request, receive: Any, handler: asyncio.Task[Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                request.body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    request.body.set_complete()
+                    return  # the request is complete: a disconnect no longer cancels it
+            elif message["type"] == "http.disconnect":
+                if self._handling:
+                    self._disconnected = True
+                    handler.cancel()
+                return
+
+
 class _TokenBuckets:
     """One bucket per token hash at that token's own rate; LRU-bounded."""
 
@@ -599,6 +652,7 @@ def create_app(
     app.extensions["dmp"] = api
     # Bodies are read with their own deadline in _read_json (no task per read).
     app.config["BODY_TIMEOUT"] = None
+    app.asgi_http_class = _HttpConnection
     app.asgi_app = _Gate(  # type: ignore[method-assign]
         app.asgi_app, config.http_max_concurrency, api.metrics.http_requests
     )

@@ -365,6 +365,79 @@ async def test_concurrency_cap_answers_503() -> None:
     assert 'dmp_http_requests_total{method="POST",status="201"} 1.0' in text
 
 
+def _post_scope(path: str, length: int) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % length)],
+        "client": ("192.0.2.1", 4000),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def test_disconnect_before_the_body_is_complete_cancels_the_request() -> None:
+    """A client gone before its body is in: the handler is cancelled, nothing is written."""
+    node = make_node()
+    messages = [
+        {"type": "http.request", "body": b'{"value": "x"', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(5):
+        await node.app(_post_scope("/v1/records/a.mesh.example", 40), receive, send)
+    assert sent == []
+    assert await node.store.count() == 0
+
+
+async def test_disconnect_after_a_complete_request_lets_the_write_finish() -> None:
+    """Once the whole request is in, a disconnect does not cancel it: the write lands, 201 is sent."""
+
+    class YieldingStore(MemoryRecordStore):
+        async def put(self, *args: Any, **kw: Any) -> None:
+            for _ in range(5):  # "committing": the disconnect is delivered meanwhile
+                await anyio.lowlevel.checkpoint()
+            await super().put(*args, **kw)
+
+    node = make_node(store=YieldingStore())
+    body = b'{"value": "x"}'
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": body, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(5):
+        await node.app(_post_scope("/v1/records/a.mesh.example", len(body)), receive, send)
+    assert sent[0]["status"] == 201
+    assert await node.store.count() == 1
+
+
 async def test_slow_body_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
     """A body that does not arrive within the body deadline gets 408 JSON."""
     from dmp.adapters import http_api
@@ -372,20 +445,7 @@ async def test_slow_body_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http_api, "_BODY_TIMEOUT_S", 0.05)
     node = make_node()
     sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/records/a.mesh.example",
-        "raw_path": b"/v1/records/a.mesh.example",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"20")],
-        "client": ("192.0.2.1", 4000),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = _post_scope("/v1/records/a.mesh.example", 20)
     parts = [{"type": "http.request", "body": b'{"value":', "more_body": True}]
     never = anyio.Event()
 
