@@ -43,7 +43,7 @@ $(REF_VENV)/bin/dnsmesh:
 
 interop: $(STAMP) $(REF_VENV)/bin/dnsmesh
 	DMP_NETNS=dmpinterop sh bench/netns.sh
-	ip netns exec dmpinterop env DMP_INTEROP=1 DMP_REF_VENV=$(REF_VENV) DMP_INTEROP_TARGETS=dmp,ref $(BIN)/pytest -q -p no:cacheprovider tests/interop
+	ip netns exec dmpinterop env DMP_INTEROP=1 DMP_REF_VENV=$(REF_VENV) DMP_INTEROP_TARGETS=dmp,ref $(BIN)/pytest -q -rxX -p no:cacheprovider tests/interop
 
 bench-node: $(STAMP) $(REF_VENV)/bin/dnsmesh
 	command -v dnsperf >/dev/null || (apt-get update -q && apt-get install -y -q dnsperf knot)
