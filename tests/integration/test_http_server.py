@@ -402,3 +402,45 @@ async def test_shutdown_closes_idle_keep_alive_connections_at_once() -> None:
                 shutdown.set()
                 assert await _read_until_closed(stream) == b""
     assert _port_closed(port)
+
+
+async def test_shutdown_cancels_requests_that_outlive_the_grace_period() -> None:
+    """A request still running after graceful_timeout is cancelled and the server stops."""
+    entered = anyio.Event()
+
+    class StuckStore(MemoryRecordStore):
+        async def put(self, *args: Any, **kw: Any) -> None:
+            entered.set()
+            await anyio.sleep_forever()
+
+    app = create_app(
+        HttpConfig(http_host="127.0.0.1"),
+        store=StuckStore(),
+        clock=SystemClock(),
+        random_bytes=os.urandom,
+    )
+    shutdown = anyio.Event()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(
+                lambda task_status: serve_http(
+                    app,
+                    "127.0.0.1",
+                    0,
+                    task_status=task_status,
+                    shutdown=shutdown,
+                    graceful_timeout=0.2,
+                )
+            )
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                body = b'{"value": "x"}'
+                await stream.send(
+                    b"POST /v1/records/a.mesh.example HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await entered.wait()
+                shutdown.set()
+                reply = await _read_until_closed(stream)
+    assert reply.startswith(b"HTTP/1.1 500"), reply  # never 201 for an unfinished write
+    assert _port_closed(port)
+    assert _open_connections() == 0

@@ -1036,14 +1036,15 @@ async def _serve_hypercorn(
         await context.terminated.set()  # connections finishing a request close after it
         for timer in list(idle):
             timer.fire()  # idle keep-alive connections close now
-        server.close()
-        await server.wait_closed()
+        server.close()  # stop accepting
         if connections:
             _, late = await asyncio.wait(set(connections), timeout=config.graceful_timeout)
             for task in late:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
+        # after the connections: from Python 3.12 on this waits for them to close
+        await server.wait_closed()
         await lifespan.wait_for_shutdown()
         lifespan_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
