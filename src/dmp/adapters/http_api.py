@@ -25,6 +25,15 @@ commits before returning: an acknowledged write is durable.
 
 Nothing here is global: :func:`create_app` takes every dependency, and
 :func:`serve_http` runs hypercorn inside the caller's event loop.
+
+Serving cost (one POST over a fresh connection, the reference CLI's
+pattern): hypercorn with h11 takes ~250 µs of CPU, Quart ~90 µs, the
+handlers ~20 µs, the store the rest. What is trimmed here, each measured:
+a connection the client closed is released at once and its keep-alive timer
+is a loop timer, not tasks (:class:`_Connection`); a request runs in the task
+hypercorn made for it (:class:`_HttpConnection`); the body deadline and small
+responses need no extra task; request counters are cached label children
+(:class:`_Gate`).
 """
 
 from __future__ import annotations
