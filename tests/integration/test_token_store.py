@@ -420,3 +420,40 @@ async def test_sqlite_audit_rows_survive_reopen_without_close(tmp_path: Path) ->
     finally:
         await s2.aclose()
         await s1.aclose()
+
+
+async def test_sqlite_audit_append_waits_out_a_busy_file_in_order(tmp_path: Path) -> None:
+    """Appends while another connection holds the write lock neither fail nor reorder.
+
+    The inline commit finds the file busy and hands the row to the writer
+    thread (which waits for the lock); a later append queues behind it.
+    """
+    import sqlite3
+
+    path = tmp_path / "t.db"
+    store = await SqliteTokenStore.open(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        await store.append(AuditEntry(ts=1.0, event=AuditEvent.USED, detail="before"))
+        other.execute("BEGIN IMMEDIATE")  # another process is writing
+        done: list[str] = []
+
+        async def append(detail: str) -> None:
+            await store.append(AuditEntry(ts=2.0, event=AuditEvent.USED, detail=detail))
+            done.append(detail)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(append, "first")
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(append, "second")
+            await anyio.wait_all_tasks_blocked()
+            assert done == []  # both wait for the lock, neither failed
+            other.execute("COMMIT")
+        assert sorted(done) == ["first", "second"]
+        rows = await store.tail(limit=10)
+        assert [r.detail for r in rows] == ["second", "first", "before"]
+        await store.append(AuditEntry(ts=3.0, event=AuditEvent.USED, detail="after"))
+        assert (await store.tail(limit=1))[0].detail == "after"
+    finally:
+        other.close()
+        await store.aclose()
