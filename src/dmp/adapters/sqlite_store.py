@@ -44,9 +44,9 @@ Loop commits (``synchronous="NORMAL"`` only). A NORMAL commit never fsyncs:
 it is a few ``write()`` calls into the WAL (~15 µs), cheaper than the two
 thread wake-ups of a hand-off (~30 µs plus GIL ping-pong on this 2-CPU
 machine). So small writes commit on the loop thread: a write that is alone
-commits at once; writes made while others are in progress collect in a loop
-batch committed right after the current loop iteration (group commit without
-a thread). The loop never waits: the writer connection has ``busy_timeout=0``
+commits at once (the first of a loop iteration); writes made while others are
+in progress, or later in the same iteration, collect in a loop batch committed
+right after the current loop iteration (group commit without a thread). The loop never waits: the writer connection has ``busy_timeout=0``
 and ``wal_autocheckpoint=0``; a busy database, a busy writer thread or writes
 already queued for it send the batch to the thread (in order), and the thread
 checkpoints (``PASSIVE``) every ~250 writes. FULL commits always run in the
@@ -94,7 +94,6 @@ from contextlib import contextmanager
 from typing import Any, Generic, Literal, Self, TypeVar, cast
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 
 from dmp.ports.store import (
@@ -278,6 +277,7 @@ class _Engine:
         self._uncheckpointed = 0  # writes committed since the last checkpoint
         self._loop_batch: list[_Job[Any]] = []
         self._loop_writes = 0  # loop-commit writes whose callers have not resumed yet
+        self._committed_now = False  # a write was committed at once this loop iteration
         self._batch_loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._closed = anyio.Event()
@@ -349,9 +349,11 @@ class _Engine:
         Normally ``op`` is queued for the writer thread's next group commit.
         With loop commits (``synchronous="NORMAL"``), a ``small`` write is
         committed on the loop thread instead: at once when it is the only
-        write in progress, else in the *loop batch*, which holds every such
-        write made during one event-loop iteration and is committed right after
-        it (``call_soon``). A NORMAL commit is a few ``write()`` calls into the
+        write in progress and the first of this loop iteration (no scheduling
+        point then: the common single write costs one commit and nothing
+        else), else in the *loop batch*, which holds every such write made
+        during one event-loop iteration and is committed right after it
+        (``call_soon``). A NORMAL commit is a few ``write()`` calls into the
         WAL, cheaper than the two thread wake-ups of a hand-off, and the batch
         keeps group commit under concurrency. The loop never waits for a lock
         (``busy_timeout=0``) and never checkpoints: when sqlite is busy, the
@@ -383,12 +385,16 @@ class _Engine:
         self._loop_batch.append(job)
         self._loop_writes += 1
         try:
-            if self._loop_writes == 1:
-                # The only write in progress: commit it now, then yield once (as a
-                # queued write would; a loop of writes must not starve the loop).
+            if self._loop_writes == 1 and not self._committed_now:
+                # The only write in progress, and the first one this loop iteration:
+                # commit it now. (Writes after it in the same iteration are batched,
+                # so concurrent callers share a commit and a loop of writes yields.)
                 self._batch_loop = loop
                 self._flush_loop_batch()
-                await anyio.lowlevel.cancel_shielded_checkpoint()
+                if future.done():
+                    self._committed_now = True
+                    loop.call_soon(self._next_iteration)
+                    return job.outcome()
             elif self._batch_loop is None:
                 # Others are in progress (concurrent callers): batch the writes made
                 # during this loop iteration and commit them right after it.
@@ -400,6 +406,9 @@ class _Engine:
         finally:
             self._loop_writes -= 1
         return job.outcome()
+
+    def _next_iteration(self) -> None:
+        self._committed_now = False
 
     def _flush_loop_batch(self) -> None:
         """Commit the loop batch here, or hand it to the writer thread (loop thread)."""
