@@ -940,7 +940,7 @@ def main() -> int:
                  "ip netns exec dmpbench .venv/bin/python bench/node.py (or --host-net)")  # fmt: skip
     if ref_venv() is None:
         sys.exit(
-            "no reference venv: python3 -m venv /work/refvenv && /work/refvenv/bin/pip install dnsmesh==0.7.5"
+            "no reference venv: make ../refvenv/bin/dnsmesh (or set DMP_REF_VENV to a venv with dnsmesh==0.7.5)"
         )
     if shutil.which("dnsperf") is None:
         sys.exit("dnsperf not found: apt-get install -y dnsperf")

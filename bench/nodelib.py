@@ -29,8 +29,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def ref_venv() -> Path | None:
-    """The reference venv from ``$DMP_REF_VENV`` (default /work/refvenv), if it has dnsmesh."""
-    venv = Path(os.environ.get("DMP_REF_VENV", "/work/refvenv"))
+    """The reference venv from ``$DMP_REF_VENV`` (default ``../refvenv`` beside the repo), if it has dnsmesh."""
+    venv = Path(os.environ.get("DMP_REF_VENV", Path(__file__).resolve().parents[2] / "refvenv"))
     return venv if (venv / "bin" / "dnsmesh").exists() else None
 
 

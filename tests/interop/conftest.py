@@ -2,8 +2,8 @@
 
 Not collected unless ``DMP_INTEROP=1`` (``make interop``). Needs:
 
-* a venv with the reference (``DMP_REF_VENV``, default /work/refvenv:
-  ``python3 -m venv /work/refvenv && /work/refvenv/bin/pip install dnsmesh==0.7.5``);
+* a venv with the reference (``DMP_REF_VENV``, default ``../refvenv`` beside
+  the repo; ``make interop`` creates it with ``pip install dnsmesh==0.7.5``);
 * a loopback-only network namespace of its own (``DMP_NETNS=dmpinterop sh
   bench/netns.sh``, then run pytest through ``ip netns exec dmpinterop``; a
   namespace shared with other runs may already have ports 80/5353 taken). The reference CLI falls back to public
