@@ -49,7 +49,9 @@ in progress, or later in the same iteration, collect in a loop batch committed
 right after the current loop iteration (group commit without a thread). The loop never waits: the writer connection has ``busy_timeout=0``
 and ``wal_autocheckpoint=0``; a busy database, a busy writer thread or writes
 already queued for it send the batch to the thread (in order), and the thread
-checkpoints (``PASSIVE``) every ~250 writes. FULL commits always run in the
+checkpoints (``PASSIVE``) every ~250 writes; should it fall ~500 writes behind
+(starved of CPU), writes go through it until it has checkpointed, so the WAL
+stays bounded (~12 MiB at most). FULL commits always run in the
 writer thread, since their fsync would stall every DNS answer.
 
 Durability. ``journal_mode=WAL`` is always on. The default is
@@ -117,6 +119,12 @@ Synchronous = Literal["FULL", "NORMAL"]
 _MIN_SQLITE = (3, 35, 0)
 _SWEEP_CHUNK = 2000
 _CHECKPOINT_WRITES = 250  # inline-commit mode: checkpoint after ~1000 WAL pages (4 per write)
+# Inline-commit mode: past this many uncheckpointed writes (the writer thread has
+# not got round to its checkpoint yet, e.g. starved of CPU) the loop stops
+# committing and hands writes to the thread, which checkpoints after committing
+# them. This bounds the WAL at ~_CHECKPOINT_BACKLOG writes (~24 KiB each) however
+# the two threads are scheduled.
+_CHECKPOINT_BACKLOG = 2 * _CHECKPOINT_WRITES
 _INT64_MAX = 2**63 - 1
 
 _RECORDS_SCHEMA = """
@@ -359,7 +367,8 @@ class _Engine:
         (``busy_timeout=0``) and never checkpoints: when sqlite is busy, the
         writer thread is busy or writes are already queued for it, the batch
         goes to the thread, in order; the thread also checkpoints every ~250
-        writes.
+        writes, and once ~500 are waiting for it (thread starved of CPU) writes
+        go to the thread until it has checkpointed, which bounds the WAL.
 
         Args:
             op: the write; runs inside the batch transaction.
@@ -378,7 +387,11 @@ class _Engine:
         if self._closing:
             raise StoreUnavailable(f"{self._path}: store is closed")
         loop = asyncio.get_running_loop()
-        if not (small and self._inline_commits) or self._batch_loop not in (None, loop):
+        if (
+            not (small and self._inline_commits)
+            or self._batch_loop not in (None, loop)
+            or self._uncheckpointed >= _CHECKPOINT_BACKLOG
+        ):
             return await self._submit(op, single_statement)
         future: asyncio.Future[None] = loop.create_future()
         job: _Job[T] = _Job(op, future, single_statement)
@@ -420,6 +433,7 @@ class _Engine:
             return
         try:
             self._commit_locked(batch)
+            self._uncheckpointed += len(batch)  # under the lock: the thread resets it
         finally:
             self._writer_lock.release()
         if any(
@@ -432,7 +446,6 @@ class _Engine:
                 job.error = None
             self._enqueue(batch)  # the thread waits for the lock
             return
-        self._uncheckpointed += len(batch)
         if self._uncheckpointed >= _CHECKPOINT_WRITES and not self._checkpoint_wanted:
             with self._wakeup:
                 self._checkpoint_wanted = True
