@@ -16,9 +16,10 @@ Measured (issue 4):
   flight, like the CLI's writer) and 20 in flight (``dnsperf -u -y -e``); the
   key is minted through each node's own registration flow by the reference
   CLI (``dnsmesh tsig register``). The write phase runs our node twice, with
-  the default ``DMP_DB_SYNCHRONOUS=FULL`` (fsync per commit, survives power
-  loss) and with ``NORMAL`` (WAL without fsync per commit, survives a process
-  crash: what the reference uses), each against the same reference run;
+  the default ``DMP_DB_SYNCHRONOUS=NORMAL`` (WAL without fsync per commit:
+  survives a process crash, and the WAL is fsynced at least every second;
+  the reference's own level) and with ``FULL`` (fsync per commit, survives
+  power loss), each against the same reference run;
 * HTTP writes/s (``POST /v1/records/{name}``, operator token, one
   connection per request, 1 and 4 clients); ``--only http`` runs the HTTP
   rows alone, with user-token and keep-alive rows and an RSS-growth run;
@@ -30,7 +31,7 @@ the count that landed is reported. Every load has a time and count limit.
 Only processes started here are signalled, by pid.
 
 Run inside a loopback-only namespace that nothing else uses (ports 5353/8053
-for the reference, 5354/8054 for ours, 5356/8056 for ours with NORMAL, 5355
+for the reference, 5354/8054 for ours, 5356/8056 for ours with FULL, 5355
 for Knot; ``DMP_NETNS=dmpbench sh bench/netns.sh``)::
 
     ip netns exec dmpbench .venv/bin/python bench/node.py [--reps 3] [--secs 8] [--k 1000]
@@ -63,12 +64,13 @@ from nodelib import REPO, NodeProc, in_private_netns, ref_venv
 ZONE = "mesh.test"
 TOKEN = "bench-operator-token"
 PERF_DIR = Path(os.environ.get("DMP_PERF_DIR", REPO.parent / "shared" / "perf" / "bench-ref"))
-PORTS = {"ref": (5353, 8053), "dmp": (5354, 8054), "dmp-normal": (5356, 8056)}
+PORTS = {"ref": (5353, 8053), "dmp": (5354, 8054), "dmp-full": (5356, 8056)}
 KINDS = ("dmp", "ref")
-#: The write phase also runs our node with DMP_DB_SYNCHRONOUS=NORMAL (the
-#: reference's own setting: WAL, no fsync per commit) beside the default FULL.
-WRITE_KINDS = ("dmp", "dmp-normal", "ref")
-NORMAL_ENV = {"DMP_DB_SYNCHRONOUS": "NORMAL"}
+#: The write phase also runs our node with DMP_DB_SYNCHRONOUS=FULL (fsync per
+#: commit) beside the default NORMAL (the reference's own level: WAL, no fsync
+#: per commit; ours also fsyncs the WAL at least every second).
+WRITE_KINDS = ("dmp", "dmp-full", "ref")
+FULL_ENV = {"DMP_DB_SYNCHRONOUS": "FULL"}
 
 READ_ENV = {
     "DMP_OPERATOR_TOKEN": TOKEN,
@@ -508,11 +510,11 @@ DMP_EXTRA: dict[str, str] = {}
 def start_pair(
     work: Path, env: dict[str, str], tag: str, kinds: Sequence[str] = KINDS
 ) -> dict[str, NodeProc]:
-    """Node processes by kind (``dmp``, ``ref``, ``dmp-normal``), not yet started."""
+    """Node processes by kind (``dmp``, ``ref``, ``dmp-full``), not yet started."""
     nodes = {}
     for kind in kinds:
         dns_port, http_port = PORTS[kind]
-        extra = {**DMP_EXTRA, **(NORMAL_ENV if kind == "dmp-normal" else {})}
+        extra = {**DMP_EXTRA, **(FULL_ENV if kind == "dmp-full" else {})}
         impl = "ref" if kind == "ref" else "dmp"
         nodes[kind] = NodeProc(impl, f"{tag}-{kind}", work, dns_port=dns_port, http_port=http_port,
                                env={**env, **(extra if impl == "dmp" else {})})  # fmt: skip
@@ -609,7 +611,7 @@ def read_phase(work: Path, corpus: Path, reps: int, secs: float, knot: bool) -> 
 def write_phase(
     work: Path, corpus_w: Path, reps: int, k: int, k_inflight: int | None = None
 ) -> dict[str, Any]:
-    """Writes on three nodes: ours with FULL (default) and NORMAL sync, and the reference.
+    """Writes on three nodes: ours with NORMAL (default) and FULL sync, and the reference.
 
     ``k`` new names per run; ``k_inflight`` (default ``k``) for the 20-in-flight
     dnsperf run, so that a fast node's run lasts long enough to measure.
@@ -763,7 +765,7 @@ def ratios(
 ) -> dict[Any, dict[str, Any]]:
     """Per (group, rep): ``num``/ref of ``metric``; medians of both and of the ratio.
 
-    ``num`` is ``dmp`` (the default FULL node) or ``dmp-normal`` (write phase);
+    ``num`` is ``dmp`` (the default NORMAL node) or ``dmp-full`` (write phase);
     the result's ``dmp`` entry is that node's median.
     """
     groups: dict[Any, dict[int, dict[str, float]]] = {}
@@ -825,19 +827,19 @@ def report(res: dict[str, Any]) -> str:
                      f"after the read runs: dmp {rd['rss_after_mib']['dmp']} MiB, ref {rd['rss_after_mib']['ref']} MiB")  # fmt: skip
     wr = res.get("write")
     if wr:
-        lines.append("\nWrites (K new names per run; dmp = default synchronous=FULL, fsync per "
-                     "commit; dmp-N = DMP_DB_SYNCHRONOUS=NORMAL, the reference's own setting)")  # fmt: skip
+        lines.append("\nWrites (K new names per run; dmp = default synchronous=NORMAL, the "
+                     "reference's own level; dmp-F = DMP_DB_SYNCHRONOUS=FULL, fsync per commit)")  # fmt: skip
         lines.append(
-            f"{'path':<15}{'in flight':>9}{'dmp w/s':>9}{'dmp-N w/s':>10}{'ref w/s':>9}"
-            f"{'ratio':>7}{'ratio-N':>8}{'ms CPU/w dmp/dmp-N/ref':>24}{'landed dmp/N/ref':>18}"
+            f"{'path':<15}{'in flight':>9}{'dmp w/s':>9}{'dmp-F w/s':>10}{'ref w/s':>9}"
+            f"{'ratio':>7}{'ratio-F':>8}{'ms CPU/w dmp/dmp-F/ref':>24}{'landed dmp/F/ref':>18}"
         )
         kw = {"key": lambda r: (r["what"], r["par"])}
         w = ratios(wr["runs"], metric="writes_per_s", **kw)
-        wn = ratios(wr["runs"], metric="writes_per_s", num="dmp-normal", **kw)
+        wn = ratios(wr["runs"], metric="writes_per_s", num="dmp-full", **kw)
         c = ratios(wr["runs"], metric="cpu_ms_per_write", **kw)
-        cn = ratios(wr["runs"], metric="cpu_ms_per_write", num="dmp-normal", **kw)
+        cn = ratios(wr["runs"], metric="cpu_ms_per_write", num="dmp-full", **kw)
         landed = ratios(wr["runs"], metric="landed", **kw)
-        landedn = ratios(wr["runs"], metric="landed", num="dmp-normal", **kw)
+        landedn = ratios(wr["runs"], metric="landed", num="dmp-full", **kw)
         for g in w:
             cpu = f"{c[g]['dmp'] or 0:.3f}/{cn[g]['dmp'] or 0:.3f}/{c[g]['ref'] or 0:.3f}"
             land = f"{landed[g]['dmp'] or 0:.0f}/{landedn[g]['dmp'] or 0:.0f}/{landed[g]['ref'] or 0:.0f}"
@@ -896,7 +898,7 @@ def targets(res: dict[str, Any]) -> list[tuple[str, bool, str]]:
         worst_p99 = max(v["dmp"] for g, v in p99.items() if g[0] == "Q200")
         out.append(("p99 < 1 ms at 200 q/s", worst_p99 < 1.0, f"{worst_p99:.3f} ms"))
     if wr:
-        for num, label in (("dmp", "FULL, default"), ("dmp-normal", "NORMAL")):
+        for num, label in (("dmp", "NORMAL, default"), ("dmp-full", "FULL")):
             w = ratios(wr["runs"], lambda r: (r["what"], r["par"]), "writes_per_s", num)
             ser = w.get(("tsig-serial", 1), {}).get("ratio_median") or 0
             par = w.get(("tsig-dnsperf", 20), {}).get("ratio_median") or 0

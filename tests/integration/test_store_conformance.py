@@ -716,6 +716,35 @@ async def test_sqlite_normal_commits_inline_and_checkpoints_in_the_thread(tmp_pa
         assert await store.count() == 2000
 
 
+async def test_sqlite_normal_syncs_a_lone_write_within_the_interval(tmp_path: Path) -> None:
+    """NORMAL: a commit reaches the fsynced main file within sync_interval_s, unprompted."""
+    path = tmp_path / "sync.db"
+    async with await SqliteRecordStore.open(
+        path, synchronous="NORMAL", sync_interval_s=0.05
+    ) as store:
+        await anyio.sleep(0.2)  # let the thread's first wake-up pass with nothing to sync
+        before = store.checkpoints
+        await store.put(OWNER, "lone", 60, NOW)
+        for _ in range(500):  # the writer thread's checkpoint: poll, at most 5 s
+            if store.checkpoints > before:
+                break
+            await anyio.sleep(0.01)
+        assert store.checkpoints > before
+        # the checkpoint copied the WAL into the main file: a copy of that file
+        # alone (no -wal beside it) holds the row
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(path.read_bytes())
+        conn = sqlite3.connect(copy)
+        try:
+            assert conn.execute("SELECT value FROM records").fetchall() == [("lone",)]
+        finally:
+            conn.close()
+        await anyio.sleep(0.2)
+        idle = store.checkpoints
+        await anyio.sleep(0.2)
+        assert store.checkpoints == idle  # nothing new committed: no more checkpoints
+
+
 async def test_sqlite_normal_inline_write_never_waits_for_a_lock(tmp_path: Path) -> None:
     """Another connection holding the write lock: the put waits in the thread, not the loop."""
     path = tmp_path / "locked.db"

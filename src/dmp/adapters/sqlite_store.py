@@ -54,18 +54,22 @@ checkpoints (``PASSIVE``) every ~250 writes; should it fall ~500 writes behind
 stays bounded (~12 MiB at most). FULL commits always run in the
 writer thread, since their fsync would stall every DNS answer.
 
-Durability. ``journal_mode=WAL`` is always on. The default is
-``synchronous=FULL``: each commit appends to the WAL *and fsyncs it* before
-``COMMIT`` returns, so an acknowledged write survives SIGKILL of the process,
-an OS crash and power loss. ``synchronous="NORMAL"`` is accepted too: the WAL
-is then only fsynced at checkpoints, and a commit is durable once its frames
-are in the WAL file in the OS page cache. That survives SIGKILL (the kernel
-still owns the pages and replays them on the next open), but an OS crash or
-power loss can roll back the last transactions (never corrupting the file).
-FULL is the default because the port promises "durable on return" without
-qualification and because group commit amortises the fsync over every write
-queued behind it; the measured cost is in ``bench/store.py``. The crash test
-in ``tests/integration/test_store_conformance.py`` SIGKILLs a writer in both
+Durability. ``journal_mode=WAL`` is always on, with one of two levels.
+``synchronous=FULL`` (this adapter's default): each commit appends to the WAL
+*and fsyncs it* before ``COMMIT`` returns, so an acknowledged write survives
+SIGKILL of the process, an OS crash and power loss; group commit amortises
+the fsync over every write queued behind it. ``synchronous="NORMAL"`` (what
+the reference node runs, and dmp-node's default, ``DMP_DB_SYNCHRONOUS``): a
+commit is durable once its frames are in the WAL file in the OS page cache,
+which survives SIGKILL (the kernel still owns the pages and sqlite replays
+them on the next open); the WAL is fsynced by checkpoints, which the writer
+thread runs every ~250 writes and at most ``sync_interval_s`` (1 s) after any
+commit, so an OS crash or power loss can roll back at most that last second
+of acknowledged writes (never corrupting the file). The reference syncs only
+at sqlite's automatic checkpoints (every ~1000 WAL pages), with no bound in
+time. The measured cost of each level is in ``bench/store.py`` and
+``bench/node.py``. The crash test in
+``tests/integration/test_store_conformance.py`` SIGKILLs a writer in both
 modes and checks every acknowledged put.
 
 Schema. ``records`` is unique on ``(owner, value_hash)`` (equivalent to the
@@ -244,6 +248,9 @@ class _Engine:
         inline_commits: with ``synchronous="NORMAL"`` only, commit an
             uncontended write right on the caller's thread (see
             :meth:`write`); checkpoints then run in the writer thread.
+        sync_interval_s: with ``synchronous="NORMAL"`` only, the longest a
+            committed write waits for the writer thread's checkpoint, which
+            fsyncs the WAL: the bound on what an OS crash can lose.
 
     Raises:
         StoreUnavailable: the file cannot be opened, WAL cannot be enabled or
@@ -261,6 +268,7 @@ class _Engine:
         busy_timeout_s: float,
         inline_reads: bool = True,
         inline_commits: bool = True,
+        sync_interval_s: float = 1.0,
     ) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise StoreUnavailable(f"sqlite {sqlite3.sqlite_version} is older than 3.35")
@@ -281,6 +289,12 @@ class _Engine:
         # NORMAL never fsyncs a commit, so a commit costs a few write() calls: cheaper
         # than the two thread wake-ups of a hand-off. FULL fsyncs: never on the loop.
         self._inline_commits = inline_commits and synchronous == "NORMAL"
+        # NORMAL: the WAL is fsynced only by checkpoints; the writer thread runs one
+        # at least every sync_interval_s while anything committed is not yet synced.
+        self._normal = synchronous == "NORMAL"
+        self._sync_interval = sync_interval_s
+        self._synced_at = time.monotonic()
+        self.checkpoints = 0
         self._checkpoint_wanted = False
         self._uncheckpointed = 0  # writes committed since the last checkpoint
         self._loop_batch: list[_Job[Any]] = []
@@ -476,10 +490,15 @@ class _Engine:
     def _writer_main(self) -> None:
         """The writer thread: take everything queued, commit it as one batch, repeat."""
         wakeup, pending = self._wakeup, self._pending
+        # NORMAL: wake at least every sync interval to sync what the loop committed
+        idle_wait = self._sync_interval if self._normal else None
         while True:
             with wakeup:
                 while not pending and not self._stopping and not self._checkpoint_wanted:
-                    wakeup.wait()
+                    if self._sync_due():
+                        self._checkpoint_wanted = True
+                        break
+                    wakeup.wait(idle_wait)
                 if not pending and not self._checkpoint_wanted:
                     return  # stopping, and nothing left to do
             # The lock first, then the batch: a loop batch never overtakes a queued write.
@@ -494,20 +513,37 @@ class _Engine:
                         for job in batch:
                             if job.error is None:
                                 job.error = StoreUnavailable(f"sqlite commit failed: {exc!r}")
-                if self._inline_commits:
+                if self._normal:
                     self._uncheckpointed += len(batch)
-                    if self._uncheckpointed >= _CHECKPOINT_WRITES:
+                    if (
+                        self._checkpoint_wanted
+                        or (self._inline_commits and self._uncheckpointed >= _CHECKPOINT_WRITES)
+                        or self._sync_due()
+                    ):
                         self._checkpoint()
             if batch:
                 self._post(batch)
 
+    def _sync_due(self) -> bool:
+        """NORMAL: something committed has waited a sync interval for its fsync."""
+        return bool(self._uncheckpointed) and (
+            time.monotonic() - self._synced_at >= self._sync_interval
+        )
+
     def _checkpoint(self) -> None:
-        """Copy the WAL into the database (writer thread, writer lock held; inline mode)."""
+        """Sync the WAL and copy it into the database (writer thread, writer lock held).
+
+        With ``synchronous=NORMAL`` sqlite fsyncs the WAL before a checkpoint
+        copies it (https://sqlite.org/pragma.html#pragma_synchronous), so every
+        commit before this call is then durable against an OS crash too.
+        """
         with self._wakeup:
             self._checkpoint_wanted = False
         self._uncheckpointed = 0
+        self._synced_at = time.monotonic()
         try:
             self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.checkpoints += 1
         except sqlite3.Error:
             _log.exception("sqlite checkpoint failed on %s", self._path)
 
@@ -722,12 +758,16 @@ class SqliteRecordStore:
 
     Args:
         path: database file (``DMP_DB_PATH``); created if missing.
-        synchronous: ``"FULL"`` (default, survives power loss) or ``"NORMAL"``
-            (survives process crashes only); see the module docstring.
+        synchronous: ``"FULL"`` (default here: every commit survives power
+            loss) or ``"NORMAL"`` (every commit survives a process crash; an OS
+            crash or power loss can lose at most the last ``sync_interval_s``);
+            see the module docstring.
         readers: pooled read connections, i.e. pooled reads that can run at once.
         busy_timeout_s: wait for locks held by other connections to the file.
         inline_reads: answer ``get`` and ``count_values`` on the loop thread
             (see the module docstring); ``False`` sends them to the pool.
+        sync_interval_s: with ``"NORMAL"``, seconds at most between a commit
+            and the checkpoint that fsyncs it (the OS-crash loss window).
 
     Raises:
         StoreUnavailable: the database cannot be opened in WAL mode.
@@ -741,6 +781,7 @@ class SqliteRecordStore:
         readers: int = 4,
         busy_timeout_s: float = 5.0,
         inline_reads: bool = True,
+        sync_interval_s: float = 1.0,
     ) -> None:
         self._listeners: list[OwnerListener] = []
         self._engine = _Engine(
@@ -751,6 +792,7 @@ class SqliteRecordStore:
             readers=readers,
             busy_timeout_s=busy_timeout_s,
             inline_reads=inline_reads,
+            sync_interval_s=sync_interval_s,
         )
 
     @classmethod
@@ -762,6 +804,7 @@ class SqliteRecordStore:
         readers: int = 4,
         busy_timeout_s: float = 5.0,
         inline_reads: bool = True,
+        sync_interval_s: float = 1.0,
     ) -> Self:
         """Open in a worker thread (same arguments as the constructor)."""
         return await anyio.to_thread.run_sync(
@@ -772,6 +815,7 @@ class SqliteRecordStore:
                 readers=readers,
                 busy_timeout_s=busy_timeout_s,
                 inline_reads=inline_reads,
+                sync_interval_s=sync_interval_s,
             )
         )
 
@@ -790,6 +834,11 @@ class SqliteRecordStore:
     def writes(self) -> int:
         """Write calls committed so far (including refused ones, which commit nothing)."""
         return self._engine.writes
+
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints run by the writer thread so far (``NORMAL``: each fsyncs the WAL)."""
+        return self._engine.checkpoints
 
     def pragma(self, name: str) -> object:
         """The writer connection's ``PRAGMA name`` (blocking; for tests and diagnostics)."""

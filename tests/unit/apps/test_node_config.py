@@ -50,7 +50,7 @@ def test_defaults_match_the_reference_node() -> None:
     assert not (c.registration_enabled)
     assert not (c.receiver_claim_notifications)
     assert c.served_zone is None
-    assert c.db_synchronous == "FULL"
+    assert c.db_synchronous == "NORMAL"
 
 
 def test_dns_rate_default_does_not_throttle_a_busy_resolver() -> None:
@@ -84,7 +84,7 @@ def test_operator_token_is_not_in_repr() -> None:
 def test_every_documented_variable_is_read() -> None:
     env = {
         "DMP_DB_PATH": "/srv/dmp/node.db",
-        "DMP_DB_SYNCHRONOUS": "normal",
+        "DMP_DB_SYNCHRONOUS": "full",
         "DMP_DNS_HOST": "::1",
         "DMP_DNS_PORT": "53",
         "DMP_DNS_TTL": "30",
@@ -130,7 +130,7 @@ def test_every_documented_variable_is_read() -> None:
     c = load_config(env, {})
 
     assert Path("/srv/dmp/node.db") == c.db_path
-    assert c.db_synchronous == "NORMAL"
+    assert c.db_synchronous == "FULL"
     assert (c.dns_host, c.dns_port, c.dns_ttl) == ("::1", 53, 30)
     assert (c.dns_rate, c.dns_burst, c.dns_max_concurrency) == (50.0, 200.0, 7)
     assert c.apex_a == ("192.0.2.1", "192.0.2.2")

@@ -175,8 +175,9 @@ async def _open_tsig_store(config: NodeConfig) -> TsigKeyStore:
     path = Path(config.tsig_db_path)
     _prepare_parent(path, "DMP_TSIG_DB_PATH")
     try:
-        # its generation also moves when another process (dmp-node admin tsig) changes keys
-        return await SqliteTsigKeyStore.open(path, synchronous=config.db_synchronous)
+        # its generation also moves when another process (dmp-node admin tsig) changes keys;
+        # FULL whatever DMP_DB_SYNCHRONOUS says: keys are few and a lost one locks a user out
+        return await SqliteTsigKeyStore.open(path, synchronous="FULL")
     except StoreError as exc:
         raise StartupError("DMP_TSIG_DB_PATH", f"cannot open {path}: {exc}") from None
 
