@@ -39,18 +39,16 @@ from typing import Final
 import attrs
 
 from dmp.domain import keys
+from dmp.domain._signed import sign_single, verify_pinned
 from dmp.domain.cluster import (
     check_key,
+    check_name_binding,
     check_u64,
-    check_wire_len,
-    dns_names_equal,
     pick_highest_seq,
-    signed_blob,
     strip_trailing_dot,
     validate_dns_name,
 )
-from dmp.domain.codec import FIVE_YEARS_S, b64encode, check_expiry_cap, check_not_expired
-from dmp.domain.errors import MalformedRecord, RecordMismatch, UnsupportedVersion
+from dmp.domain.errors import MalformedRecord, UnsupportedVersion
 
 __all__ = [
     "BOOTSTRAP_MAGIC",
@@ -68,7 +66,6 @@ BOOTSTRAP_PREFIX: Final = "v=dmp1;t=bootstrap;"
 BOOTSTRAP_MAGIC: Final = b"DMPBS01"
 MAX_ENTRIES: Final = 16
 
-_SIG_LEN: Final = keys.ED25519_SIG_LEN
 _KEY_LEN: Final = keys.ED25519_KEY_LEN
 # magic, seq, exp, signer_spk, domain_len
 _HEAD: Final = struct.Struct(">7sQQ32sB")
@@ -238,11 +235,9 @@ def sign_bootstrap(record: BootstrapRecord, signing_seed: bytes) -> str:
             to ``signer_spk``.
         RecordTooLong: the TXT value would exceed 1200 bytes.
     """
-    body = record.body()
-    keys.check_signing_seed(signing_seed, record.signer_spk, "signer_spk")
-    wire = BOOTSTRAP_PREFIX + b64encode(body + keys.sign(signing_seed, body))
-    check_wire_len(wire)
-    return wire
+    return sign_single(
+        BOOTSTRAP_PREFIX, record.body(), signing_seed, record.signer_spk, "signer_spk"
+    )
 
 
 def verify_bootstrap(
@@ -279,18 +274,18 @@ def verify_bootstrap(
         RecordExpired: ``exp < now``.
         ExpiryTooFar: ``exp - now`` over five years.
     """
-    blob = signed_blob(wire, BOOTSTRAP_PREFIX, _SIG_LEN)
-    body = blob[:-_SIG_LEN]
-    keys.verify(signer_spk, body, blob[-_SIG_LEN:])
-    record = decode_bootstrap_body(body)
-    if record.signer_spk != signer_spk:
-        raise RecordMismatch("the record names another signer key than the pinned one")
-    check_not_expired(record.exp, now)
-    check_expiry_cap(record.exp, now, FIVE_YEARS_S)
-    if expected_user_domain is not None and not dns_names_equal(
-        record.user_domain, expected_user_domain
-    ):
-        raise RecordMismatch(
-            f"record is for domain {record.user_domain!r}, not {expected_user_domain!r}"
-        )
+    record = verify_pinned(
+        wire,
+        BOOTSTRAP_PREFIX,
+        signer_spk,
+        now=now,
+        decode=decode_bootstrap_body,
+        embedded_spk=_signer_spk,
+        mismatch="the record names another signer key than the pinned one",
+    )
+    check_name_binding(record.user_domain, expected_user_domain, "record is for domain")
     return record
+
+
+def _signer_spk(record: BootstrapRecord) -> bytes:
+    return record.signer_spk

@@ -24,13 +24,17 @@ Rules of this module:
   embedded ``operator_spk`` must equal the pinned key, then expiry
   (``exp < now``; ``exp - now`` at most five years), then the optional
   cluster-name binding (compared casefolded, one trailing dot ignored).
+  Bootstrap records share this order through
+  :func:`dmp.domain._signed.verify_pinned`.
 * The cluster name is a DNS name (wire.md §1.7) of at most 64 bytes; one
   trailing dot is accepted and stripped (so a serialized name may be 65
   bytes when its last byte is ``.``). Node ids are unique. A manifest with
   zero nodes parses (interop) but :func:`sign_cluster` refuses it.
 
-The DNS-name validator, the wire length check and :func:`pick_highest_seq`
-are shared with :mod:`dmp.domain.bootstrap` and :mod:`dmp.domain.rotation`.
+The DNS-name validator, the name binding, :func:`pick_highest_seq` and the
+framing helpers re-exported from :mod:`dmp.domain._signed` (the wire length
+check, :func:`signed_blob`) are shared with :mod:`dmp.domain.bootstrap` and
+:mod:`dmp.domain.rotation`.
 """
 
 from __future__ import annotations
@@ -43,18 +47,17 @@ from typing import Final, Protocol, TypeVar
 import attrs
 
 from dmp.domain import keys
-from dmp.domain.codec import (
-    FIVE_YEARS_S,
-    b64decode_strict,
-    b64encode,
-    check_expiry_cap,
-    check_not_expired,
+from dmp.domain._signed import (
+    MAX_WIRE_LEN,
+    check_wire_len,
+    sign_single,
+    signed_blob,
+    verify_pinned,
 )
 from dmp.domain.errors import (
     DmpError,
     MalformedRecord,
     RecordMismatch,
-    RecordTooLong,
     UnsupportedVersion,
 )
 
@@ -70,6 +73,7 @@ __all__ = [
     "ClusterManifest",
     "ClusterNode",
     "check_key",
+    "check_name_binding",
     "check_u64",
     "check_wire_len",
     "decode_cluster_body",
@@ -84,8 +88,6 @@ __all__ = [
 
 CLUSTER_PREFIX: Final = "v=dmp1;t=cluster;"
 CLUSTER_MAGIC: Final = b"DMPCL01"
-MAX_WIRE_LEN: Final = 1200
-"""Largest TXT value (prefix included, UTF-8 bytes) of cluster, bootstrap, rotation, revocation."""
 MAX_DNS_NAME_LEN: Final = 64
 """Largest DNS-name field, in bytes, without its optional trailing dot."""
 MAX_NODES: Final = 32
@@ -94,7 +96,6 @@ MAX_HTTP_ENDPOINT_LEN: Final = 128
 MAX_DNS_ENDPOINT_LEN: Final = 64
 
 _KEY_LEN: Final = keys.ED25519_KEY_LEN
-_SIG_LEN: Final = keys.ED25519_SIG_LEN
 _U64_MAX: Final = (1 << 64) - 1
 _PREFIX_LEN: Final = len(CLUSTER_PREFIX)
 # magic, seq, exp, operator_spk, name_len
@@ -146,34 +147,20 @@ def dns_names_equal(a: str, b: str) -> bool:
     return a == b or strip_trailing_dot(a).casefold() == strip_trailing_dot(b).casefold()
 
 
-def check_wire_len(wire: str) -> None:
-    """Reject a TXT value over :data:`MAX_WIRE_LEN` UTF-8 bytes (wire.md §1.3).
+def check_name_binding(name: str, expected: str | None, what: str) -> None:
+    """Check a record's name against the one the caller expects (when it expects one).
+
+    Args:
+        name: the name the verified record carries.
+        expected: the name the caller asked for, or ``None`` for no binding.
+        what: the start of the error message, e.g. ``"manifest is for cluster"``.
 
     Raises:
-        RecordTooLong
+        RecordMismatch: ``name`` is not ``expected`` (compared with
+            :func:`dns_names_equal`).
     """
-    n = len(wire) if wire.isascii() else len(wire.encode("utf-8", "surrogatepass"))
-    if n > MAX_WIRE_LEN:
-        raise RecordTooLong(f"TXT value of {n} bytes exceeds the {MAX_WIRE_LEN}-byte cap")
-
-
-def signed_blob(wire: str, prefix: str, sig_len: int) -> bytes:
-    """Length-check ``wire``, strip ``prefix`` and strictly base64-decode the rest.
-
-    Returns:
-        The decoded ``body ‖ signature(s)`` blob, at least ``sig_len + 1`` bytes.
-
-    Raises:
-        RecordTooLong: over 1200 bytes.
-        MalformedRecord: wrong prefix, bad base64, or no room for a body.
-    """
-    check_wire_len(wire)
-    if not wire.startswith(prefix):
-        raise MalformedRecord(f"record does not start with {prefix!r}")
-    blob = b64decode_strict(wire[len(prefix) :])
-    if len(blob) <= sig_len:
-        raise MalformedRecord(f"record of {len(blob)} bytes has no room for a body")
-    return blob
+    if expected is not None and not dns_names_equal(name, expected):
+        raise RecordMismatch(f"{what} {name!r}, not {expected!r}")
 
 
 def check_u64(value: int, field: str) -> None:
@@ -424,10 +411,7 @@ def sign_cluster(manifest: ClusterManifest, signing_seed: bytes) -> str:
     body = manifest.body()
     if not manifest.nodes:
         raise MalformedRecord("a cluster manifest needs at least one node")
-    keys.check_signing_seed(signing_seed, manifest.operator_spk, "operator_spk")
-    wire = CLUSTER_PREFIX + b64encode(body + keys.sign(signing_seed, body))
-    check_wire_len(wire)
-    return wire
+    return sign_single(CLUSTER_PREFIX, body, signing_seed, manifest.operator_spk, "operator_spk")
 
 
 def verify_cluster(
@@ -464,18 +448,18 @@ def verify_cluster(
         RecordExpired: ``exp < now``.
         ExpiryTooFar: ``exp - now`` over five years.
     """
-    blob = signed_blob(wire, CLUSTER_PREFIX, _SIG_LEN)
-    body = blob[:-_SIG_LEN]
-    keys.verify(operator_spk, body, blob[-_SIG_LEN:])
-    manifest = decode_cluster_body(body)
-    if manifest.operator_spk != operator_spk:
-        raise RecordMismatch("the manifest names another operator key than the pinned one")
-    check_not_expired(manifest.exp, now)
-    check_expiry_cap(manifest.exp, now, FIVE_YEARS_S)
-    if expected_cluster_name is not None and not dns_names_equal(
-        manifest.cluster_name, expected_cluster_name
-    ):
-        raise RecordMismatch(
-            f"manifest is for cluster {manifest.cluster_name!r}, not {expected_cluster_name!r}"
-        )
+    manifest = verify_pinned(
+        wire,
+        CLUSTER_PREFIX,
+        operator_spk,
+        now=now,
+        decode=decode_cluster_body,
+        embedded_spk=_operator_spk,
+        mismatch="the manifest names another operator key than the pinned one",
+    )
+    check_name_binding(manifest.cluster_name, expected_cluster_name, "manifest is for cluster")
     return manifest
+
+
+def _operator_spk(manifest: ClusterManifest) -> bytes:
+    return manifest.operator_spk

@@ -45,12 +45,11 @@ from typing import Final
 import attrs
 
 from dmp.domain import keys
+from dmp.domain._signed import check_wire_len, sign_single, signed_blob
 from dmp.domain.cluster import (
     MAX_DNS_NAME_LEN,
     check_key,
     check_u64,
-    check_wire_len,
-    signed_blob,
     strip_trailing_dot,
     validate_dns_name,
 )
@@ -409,11 +408,9 @@ def sign_revocation(revocation: Revocation, signing_seed: bytes) -> str:
             to ``revoked_spk``.
         RecordTooLong: the TXT value would exceed 1200 bytes.
     """
-    body = revocation.body()
-    keys.check_signing_seed(signing_seed, revocation.revoked_spk, "revoked_spk")
-    wire = REVOCATION_PREFIX + b64encode(body + keys.sign(signing_seed, body))
-    check_wire_len(wire)
-    return wire
+    return sign_single(
+        REVOCATION_PREFIX, revocation.body(), signing_seed, revocation.revoked_spk, "revoked_spk"
+    )
 
 
 def verify_revocation(
