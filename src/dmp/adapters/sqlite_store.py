@@ -715,6 +715,36 @@ def _notify(listeners: list[OwnerListener], owners: Sequence[str]) -> None:
                 _log.exception("store change listener %r failed for owner %s", callback, owner)
 
 
+class _EngineStore:
+    """The lifecycle both stores share around their :class:`_Engine`.
+
+    Opening off the loop, ``async with``, :meth:`pragma` and :meth:`aclose`;
+    each store keeps its own constructor and its typed ``open`` signature.
+    """
+
+    _engine: _Engine
+
+    @classmethod
+    async def _open_off_loop(cls, path: str | os.PathLike[str], **options: Any) -> Self:
+        """Run the constructor (blocking file I/O) in a worker thread."""
+        construct: Callable[..., Self] = cls
+        return await anyio.to_thread.run_sync(functools.partial(construct, path, **options))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def pragma(self, name: str) -> object:
+        """The writer connection's ``PRAGMA name`` (blocking; for tests and diagnostics)."""
+        return self._engine.pragma(name)
+
+    async def aclose(self) -> None:
+        """Commit queued writes and close; later calls raise :class:`StoreUnavailable`."""
+        await self._engine.aclose()
+
+
 # ------------------------------------------------------------------------------------
 # records
 # ------------------------------------------------------------------------------------
@@ -750,7 +780,7 @@ _UPSERT_CAPPED = (
 )
 
 
-class SqliteRecordStore:
+class SqliteRecordStore(_EngineStore):
     """Signed TXT records in sqlite, implementing :class:`dmp.ports.store.RecordStore`.
 
     Opening runs blocking file I/O; from async code prefer ``await
@@ -807,23 +837,14 @@ class SqliteRecordStore:
         sync_interval_s: float = 1.0,
     ) -> Self:
         """Open in a worker thread (same arguments as the constructor)."""
-        return await anyio.to_thread.run_sync(
-            functools.partial(
-                cls,
-                path,
-                synchronous=synchronous,
-                readers=readers,
-                busy_timeout_s=busy_timeout_s,
-                inline_reads=inline_reads,
-                sync_interval_s=sync_interval_s,
-            )
+        return await cls._open_off_loop(
+            path,
+            synchronous=synchronous,
+            readers=readers,
+            busy_timeout_s=busy_timeout_s,
+            inline_reads=inline_reads,
+            sync_interval_s=sync_interval_s,
         )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     @property
     def transactions(self) -> int:
@@ -839,10 +860,6 @@ class SqliteRecordStore:
     def checkpoints(self) -> int:
         """Checkpoints run by the writer thread so far (``NORMAL``: each fsyncs the WAL)."""
         return self._engine.checkpoints
-
-    def pragma(self, name: str) -> object:
-        """The writer connection's ``PRAGMA name`` (blocking; for tests and diagnostics)."""
-        return self._engine.pragma(name)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -1007,10 +1024,6 @@ class SqliteRecordStore:
         if callback in self._listeners:
             self._listeners.remove(callback)
 
-    async def aclose(self) -> None:
-        """Commit queued writes and close; later calls raise :class:`StoreUnavailable`."""
-        await self._engine.aclose()
-
 
 # ------------------------------------------------------------------------------------
 # TSIG keys
@@ -1039,7 +1052,7 @@ def _tsig_key(row: _TsigRow) -> TsigKey:
     )
 
 
-class SqliteTsigKeyStore:
+class SqliteTsigKeyStore(_EngineStore):
     """TSIG keys in sqlite, implementing :class:`dmp.ports.store.TsigKeyStore`.
 
     Same file handling, threads and group commit as :class:`SqliteRecordStore`;
@@ -1092,26 +1105,13 @@ class SqliteTsigKeyStore:
         change_check_s: float = 0.1,
     ) -> Self:
         """Open in a worker thread (same arguments as the constructor)."""
-        return await anyio.to_thread.run_sync(
-            functools.partial(
-                cls,
-                path,
-                synchronous=synchronous,
-                readers=readers,
-                busy_timeout_s=busy_timeout_s,
-                change_check_s=change_check_s,
-            )
+        return await cls._open_off_loop(
+            path,
+            synchronous=synchronous,
+            readers=readers,
+            busy_timeout_s=busy_timeout_s,
+            change_check_s=change_check_s,
         )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def pragma(self, name: str) -> object:
-        """The writer connection's ``PRAGMA name`` (blocking; for tests and diagnostics)."""
-        return self._engine.pragma(name)
 
     def _versions(self) -> tuple[object, object] | None:
         """``(data_version, tsig_keys_version)`` read inline, or None when not possible here."""
@@ -1228,7 +1228,3 @@ class SqliteTsigKeyStore:
             StoreUnavailable: closed or sqlite failed.
         """
         return await self._select("WHERE revoked = 0 AND expires_at > ?", (now,))
-
-    async def aclose(self) -> None:
-        """Commit queued writes and close; later calls raise :class:`StoreUnavailable`."""
-        await self._engine.aclose()
