@@ -107,7 +107,9 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.store == "sqlite":
         from dmp.adapters.sqlite_store import SqliteRecordStore
 
-        store: Any = await SqliteRecordStore.open(Path(args.workdir) / "bench.db")
+        store: Any = await SqliteRecordStore.open(
+            Path(args.workdir) / "bench.db", synchronous=args.sync
+        )
     else:
         from dmp.adapters.memory_store import MemoryRecordStore
 
@@ -403,6 +405,8 @@ def main() -> None:
         p.add_argument("--records", type=int, default=10_000)
         p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
         p.add_argument("--store", choices=("memory", "sqlite"), default="memory")
+        p.add_argument("--sync", choices=("NORMAL", "FULL"), default="NORMAL",
+                       help="sqlite synchronous level (dmp-node's default is NORMAL)")  # fmt: skip
     srv.add_argument("--workdir", required=True)
     ap.add_argument("--secs", type=float, default=5.0)
     ap.add_argument("--inflight", type=int, default=100)
@@ -422,7 +426,7 @@ def main() -> None:
         for mix, names in queries.items():
             (work / f"q_{mix}.txt").write_text("".join(f"{n} TXT\n" for n in names))
         cmd = [sys.executable, __file__, "serve", "--records", str(args.records)]
-        cmd += ["--loop", args.loop, "--store", args.store, "--workdir", tmp]
+        cmd += ["--loop", args.loop, "--store", args.store, "--sync", args.sync, "--workdir", tmp]
         t0 = time.perf_counter()
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         try:
