@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -11,6 +12,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from anyio.abc import TaskGroup
 
 from dmp.adapters.clock import SystemClock
 from dmp.adapters.http_api import HttpConfig, create_app, serve_http
@@ -69,6 +71,31 @@ class Stores:
         )
 
 
+def _plain_app(store: MemoryRecordStore | None = None) -> Any:
+    """The API with no auth over ``store`` (a fresh in-memory store by default)."""
+    return create_app(
+        HttpConfig(http_host="127.0.0.1"),
+        store=MemoryRecordStore() if store is None else store,
+        clock=SystemClock(),
+        random_bytes=os.urandom,
+    )
+
+
+async def _serve(tg: TaskGroup, app: Any, **options: Any) -> int:
+    """Start ``serve_http(app, **options)`` on 127.0.0.1, port 0, in ``tg``; the bound port."""
+    port: int = await tg.start(functools.partial(serve_http, app, "127.0.0.1", 0, **options))
+    return port
+
+
+async def _get_health(stream: Any) -> bytes:
+    """Send ``GET /health`` on a kept-alive ``stream`` and read up to the end of its reply."""
+    await stream.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b'{"status": "ok"}'):
+        data += await stream.receive()
+    return data
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -105,7 +132,7 @@ def _port_closed(port: int) -> bool:
 async def test_registration_publish_delete_and_restart(tmp_path: Path) -> None:
     """Register over HTTP, publish and delete with the bearer token, and keep it all across a restart."""
     async with Stores(tmp_path) as stores, anyio.create_task_group() as tg:
-        port = await tg.start(serve_http, stores.app(), "127.0.0.1", 0)
+        port = await _serve(tg, stores.app())
         assert port > 0
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
             assert (await c.get("/health")).json() == {"status": "ok"}
@@ -146,7 +173,7 @@ async def test_registration_publish_delete_and_restart(tmp_path: Path) -> None:
 
     # restart on the same files: the token, the TSIG key and the records are all there
     async with Stores(tmp_path) as stores, anyio.create_task_group() as tg:
-        port = await tg.start(serve_http, stores.app(), "127.0.0.1", 0)
+        port = await _serve(tg, stores.app())
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
             r = await c.get(f"/v1/records/{OWN}", headers=bearer(OPERATOR))
             assert r.json()["values"] == ["v=dmp1;t=identity;two"]
@@ -171,21 +198,12 @@ async def test_graceful_shutdown_finishes_in_flight_writes() -> None:
             await super().put(*args, **kw)
 
     store = SlowStore()
-    app = create_app(
-        HttpConfig(http_host="127.0.0.1"),
-        store=store,
-        clock=SystemClock(),
-        random_bytes=os.urandom,
-    )
+    app = _plain_app(store)
     shutdown = anyio.Event()
     statuses: list[int] = []
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
-            port = await tg.start(
-                lambda task_status: serve_http(
-                    app, "127.0.0.1", 0, task_status=task_status, shutdown=shutdown
-                )
-            )
+            port = await _serve(tg, app, shutdown=shutdown)
 
             async def publish() -> None:
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
@@ -208,12 +226,7 @@ async def test_bind_failure_is_reported() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        app = create_app(
-            HttpConfig(http_host="127.0.0.1"),
-            store=MemoryRecordStore(),
-            clock=SystemClock(),
-            random_bytes=os.urandom,
-        )
+        app = _plain_app()
         with pytest.raises(OSError, match="in use"), anyio.fail_after(10):
             await serve_http(app, "127.0.0.1", port)
 
@@ -262,14 +275,9 @@ async def test_connections_closed_by_the_client_are_released_at_once() -> None:
     keep-alive timer fires 5 s later; under one-connection-per-request load that
     held thousands of dead connections and grew RSS.
     """
-    app = create_app(
-        HttpConfig(http_host="127.0.0.1"),
-        store=MemoryRecordStore(),
-        clock=SystemClock(),
-        random_bytes=os.urandom,
-    )
+    app = _plain_app()
     async with anyio.create_task_group() as tg:
-        port = await tg.start(serve_http, app, "127.0.0.1", 0)
+        port = await _serve(tg, app)
         for i in range(20):
             body = b'{"value": "v%d"}' % i
             reply = await _raw_request(
@@ -298,11 +306,9 @@ async def test_half_closed_request_still_gets_its_response() -> None:
             await super().put(*args, **kw)
 
     store = YieldingStore()
-    app = create_app(
-        HttpConfig(http_host="127.0.0.1"), store=store, clock=SystemClock(), random_bytes=os.urandom
-    )
+    app = _plain_app(store)
     async with anyio.create_task_group() as tg:
-        port = await tg.start(serve_http, app, "127.0.0.1", 0)
+        port = await _serve(tg, app)
         body = b'{"value": "half"}'
         reply = await _raw_request(
             port,
@@ -319,21 +325,13 @@ async def test_half_closed_request_still_gets_its_response() -> None:
 
 async def test_keep_alive_connection_serves_several_requests() -> None:
     """One connection carries several requests (the idle timer is re-armed, not fatal)."""
-    app = create_app(
-        HttpConfig(http_host="127.0.0.1"),
-        store=MemoryRecordStore(),
-        clock=SystemClock(),
-        random_bytes=os.urandom,
-    )
+    app = _plain_app()
     async with anyio.create_task_group() as tg:
-        port = await tg.start(serve_http, app, "127.0.0.1", 0)
+        port = await _serve(tg, app)
         async with await anyio.connect_tcp("127.0.0.1", port) as stream:
             for _ in range(3):
-                await stream.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                data = b""
                 with anyio.fail_after(5):
-                    while not data.endswith(b'{"status": "ok"}'):
-                        data += await stream.receive()
+                    data = await _get_health(stream)
                 assert data.startswith(b"HTTP/1.1 200")
             assert _open_connections() == 1
         tg.cancel_scope.cancel()
@@ -350,18 +348,9 @@ async def _read_until_closed(stream: Any) -> bytes:
 
 async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
     """A keep-alive connection left idle is closed by the server after keep_alive_timeout."""
-    app = create_app(
-        HttpConfig(http_host="127.0.0.1"),
-        store=MemoryRecordStore(),
-        clock=SystemClock(),
-        random_bytes=os.urandom,
-    )
+    app = _plain_app()
     async with anyio.create_task_group() as tg:
-        port = await tg.start(
-            lambda task_status: serve_http(
-                app, "127.0.0.1", 0, task_status=task_status, keep_alive_timeout=0.2
-            )
-        )
+        port = await _serve(tg, app, keep_alive_timeout=0.2)
         async with await anyio.connect_tcp("127.0.0.1", port) as stream:
             await stream.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             with anyio.fail_after(3):  # closed after ~0.2 s idle, not left open
@@ -374,30 +363,13 @@ async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
 
 async def test_shutdown_closes_idle_keep_alive_connections_at_once() -> None:
     """On shutdown an idle keep-alive connection is closed at once, not after its timer."""
-    app = create_app(
-        HttpConfig(http_host="127.0.0.1"),
-        store=MemoryRecordStore(),
-        clock=SystemClock(),
-        random_bytes=os.urandom,
-    )
+    app = _plain_app()
     shutdown = anyio.Event()
     with anyio.fail_after(3):  # the keep-alive timer (60 s here) must not be waited for
         async with anyio.create_task_group() as tg:
-            port = await tg.start(
-                lambda task_status: serve_http(
-                    app,
-                    "127.0.0.1",
-                    0,
-                    task_status=task_status,
-                    shutdown=shutdown,
-                    keep_alive_timeout=60,
-                )
-            )
+            port = await _serve(tg, app, shutdown=shutdown, keep_alive_timeout=60)
             async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-                await stream.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                data = b""
-                while not data.endswith(b'{"status": "ok"}'):
-                    data += await stream.receive()
+                await _get_health(stream)
                 assert _open_connections() == 1
                 shutdown.set()
                 assert await _read_until_closed(stream) == b""
@@ -413,25 +385,11 @@ async def test_shutdown_cancels_requests_that_outlive_the_grace_period() -> None
             entered.set()
             await anyio.sleep_forever()
 
-    app = create_app(
-        HttpConfig(http_host="127.0.0.1"),
-        store=StuckStore(),
-        clock=SystemClock(),
-        random_bytes=os.urandom,
-    )
+    app = _plain_app(StuckStore())
     shutdown = anyio.Event()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            port = await tg.start(
-                lambda task_status: serve_http(
-                    app,
-                    "127.0.0.1",
-                    0,
-                    task_status=task_status,
-                    shutdown=shutdown,
-                    graceful_timeout=0.2,
-                )
-            )
+            port = await _serve(tg, app, shutdown=shutdown, graceful_timeout=0.2)
             async with await anyio.connect_tcp("127.0.0.1", port) as stream:
                 body = b'{"value": "x"}'
                 await stream.send(
