@@ -31,9 +31,11 @@ import dns.rdatatype
 import httpx
 import pytest
 
-from dmp.ports.store import StoreUnavailable
+from dmp.adapters.sqlite_store import SqliteTsigKeyStore
+from dmp.ports.store import StoreUnavailable, TsigKey
 
 TOKEN = "node-process-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ZONE = "mesh.test"
 LISTEN = re.compile(r"listening (dns udp\+tcp|http) (\S+):(\d+)")
 STARTUP_TIMEOUT_S = 30.0
@@ -179,11 +181,7 @@ def txt_values(port: int, name: str) -> set[str]:
 
 
 def publish(client: httpx.Client, name: str, value: str, ttl: int = 3600) -> int:
-    r = client.post(
-        f"/v1/records/{name}",
-        json={"value": value, "ttl": ttl},
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    )
+    r = client.post(f"/v1/records/{name}", json={"value": value, "ttl": ttl}, headers=AUTH)
     return r.status_code
 
 
@@ -337,9 +335,7 @@ async def _write_load(
                 name, value = f"w{w}-{i}.{ZONE}", f"payload-{w}-{i}-" + "z" * 200
                 try:
                     r = await client.post(
-                        f"/v1/records/{name}",
-                        json={"value": value, "ttl": 3600},
-                        headers={"Authorization": f"Bearer {TOKEN}"},
+                        f"/v1/records/{name}", json={"value": value, "ttl": 3600}, headers=AUTH
                     )
                 except httpx.HTTPError:
                     return  # the node died under us: unacknowledged
@@ -353,37 +349,61 @@ async def _write_load(
             tg.start_soon(writer, w)
 
 
+def _signal_under_write_load(
+    node: NodeProcess, signum: int, enough: int, *, await_exit: bool
+) -> list[tuple[str, str]]:
+    """Load ``node`` with 16 writers and send ``signum`` once ``enough`` writes are acknowledged.
+
+    The signal goes out after at most 30 s in any case. With ``await_exit`` the
+    writers keep going until the process has exited (at most 15 s more).
+
+    Returns:
+        The acknowledged ``(name, value)`` writes.
+    """
+    acked: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        stop, reached = anyio.Event(), anyio.Event()
+
+        async def signaller() -> None:
+            with anyio.move_on_after(30):
+                await reached.wait()
+            node.signal(signum)  # mid-load: writers are still in flight
+            if await_exit:
+                with anyio.move_on_after(15):
+                    await anyio.to_thread.run_sync(node.proc.wait)  # type: ignore[union-attr]
+            stop.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(signaller)
+            tg.start_soon(_write_load, node.url, acked, stop, (enough, reached), 16, 50_000)
+
+    anyio.run(scenario)
+    return acked
+
+
+def _missing(client: httpx.Client, acked: list[tuple[str, str]]) -> list[str]:
+    """The names of acknowledged writes whose value the node does not return."""
+    missing = []
+    for name, value in acked:
+        r = client.get(f"/v1/records/{name}", headers=AUTH)
+        if r.status_code != 200 or value not in r.json()["values"]:
+            missing.append(name)
+    return missing
+
+
 def test_sigkill_during_write_load_keeps_every_acknowledged_write(
     nodes: list[NodeProcess], tmp_path: Path
 ) -> None:
     """Every write answered 201 before a SIGKILL is present after the restart."""
     node = new_node(nodes, tmp_path).start()
-    acked: list[tuple[str, str]] = []
-
-    async def scenario() -> None:
-        stop, enough = anyio.Event(), anyio.Event()
-
-        async def killer() -> None:
-            with anyio.move_on_after(30):
-                await enough.wait()
-            node.signal(signal.SIGKILL)  # mid-load: writers are still in flight
-            stop.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(killer)
-            tg.start_soon(_write_load, node.url, acked, stop, (400, enough), 16, 50_000)
-
-    anyio.run(scenario)
+    acked = _signal_under_write_load(node, signal.SIGKILL, 400, await_exit=False)
     assert node.wait() == -signal.SIGKILL
     assert len(acked) >= 400
 
     restarted = new_node(nodes, tmp_path).start()
-    missing = []
     with httpx.Client(base_url=restarted.url, timeout=10) as client:
-        for name, value in acked:
-            r = client.get(f"/v1/records/{name}", headers={"Authorization": f"Bearer {TOKEN}"})
-            if r.status_code != 200 or value not in r.json()["values"]:
-                missing.append(name)
+        missing = _missing(client, acked)
     assert missing == [], f"{len(missing)} of {len(acked)} acknowledged writes lost"
     restarted.signal(signal.SIGTERM)
     assert restarted.wait() == 0
@@ -400,6 +420,33 @@ def admin(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str
         text=True,
         timeout=60,
     )
+
+
+def _tsig_key(keyname: str, subject: str, suffix: str, secret: bytes = b"s" * 32) -> TsigKey:
+    """A live hmac-sha256 key for ``subject``, valid for the next hour."""
+    now = int(time.time())
+    return TsigKey(
+        keyname=keyname,
+        secret=secret,
+        algorithm="hmac-sha256",
+        allowed_suffixes=(suffix,),
+        subject=subject,
+        ed25519_public="00" * 32,
+        created_at=now,
+        expires_at=now + 3600,
+    )
+
+
+def _seed_tsig_keys(tmp: Path, *keys: TsigKey) -> None:
+    """Store ``keys`` in the TSIG database a node on ``tmp`` uses (before it starts)."""
+
+    async def seed() -> None:
+        store = await SqliteTsigKeyStore.open(tmp / "node_tsig.db")
+        for key in keys:
+            await store.put(key)
+        await store.aclose()
+
+    anyio.run(seed)
 
 
 def test_admin_tokens_work_on_the_running_nodes_database(
@@ -435,30 +482,14 @@ def test_admin_tokens_work_on_the_running_nodes_database(
 
 def test_admin_tsig_list_and_revoke(tmp_path: Path) -> None:
     """`admin tsig` lists keys without secrets and revokes by name or subject."""
-    from dmp.adapters.sqlite_store import SqliteTsigKeyStore
-    from dmp.ports.store import TsigKey
-
     env = {"PATH": os.environ.get("PATH", ""), "DMP_DB_PATH": str(tmp_path / "node.db")}
-    now = int(time.time())
-
-    async def seed() -> None:
-        store = await SqliteTsigKeyStore.open(tmp_path / "node_tsig.db")
-        for user in ("alice", "bob"):
-            await store.put(
-                TsigKey(
-                    keyname=f"{user}-0011aabb-abcdef.{ZONE}.",
-                    secret=b"s" * 32,
-                    algorithm="hmac-sha256",
-                    allowed_suffixes=(f"id-x.{ZONE}",),
-                    subject=f"{user}@{ZONE}",
-                    ed25519_public="00" * 32,
-                    created_at=now,
-                    expires_at=now + 3600,
-                )
-            )
-        await store.aclose()
-
-    anyio.run(seed)
+    _seed_tsig_keys(
+        tmp_path,
+        *(
+            _tsig_key(f"{user}-0011aabb-abcdef.{ZONE}.", f"{user}@{ZONE}", f"id-x.{ZONE}")
+            for user in ("alice", "bob")
+        ),
+    )
     listed = admin(env, "tsig", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     keys = json.loads(listed.stdout)
@@ -484,29 +515,8 @@ def test_admin_tsig_revoke_reaches_the_running_node(
     import dns.tsigkeyring
     import dns.update
 
-    from dmp.adapters.sqlite_store import SqliteTsigKeyStore
-    from dmp.ports.store import TsigKey
-
     keyname, secret = f"carol-0011aabb-abcdef.{ZONE}.", bytes(range(32))
-    now = int(time.time())
-
-    async def seed() -> None:
-        store = await SqliteTsigKeyStore.open(tmp_path / "node_tsig.db")
-        await store.put(
-            TsigKey(
-                keyname=keyname,
-                secret=secret,
-                algorithm="hmac-sha256",
-                allowed_suffixes=(ZONE,),
-                subject=f"carol@{ZONE}",
-                ed25519_public="00" * 32,
-                created_at=now,
-                expires_at=now + 3600,
-            )
-        )
-        await store.aclose()
-
-    anyio.run(seed)
+    _seed_tsig_keys(tmp_path, _tsig_key(keyname, f"carol@{ZONE}", ZONE, secret))
     node = new_node(nodes, tmp_path, {"DMP_DNS_UPDATE_ENABLED": "1"}).start()
     ring = dns.tsigkeyring.from_text({keyname: base64.b64encode(secret).decode()})
 
@@ -563,9 +573,7 @@ async def test_build_and_run_in_process_with_a_stop_event() -> None:
             dns_port, http_port = node.bound["dns"][1], node.bound["http"][1]
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client:
                 r = await client.post(
-                    f"/v1/records/a.{ZONE}",
-                    json={"value": "in-process", "ttl": 60},
-                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    f"/v1/records/a.{ZONE}", json={"value": "in-process", "ttl": 60}, headers=AUTH
                 )
                 assert r.status_code == 201
             q = dns.message.make_query(f"a.{ZONE}", "TXT")
@@ -581,37 +589,13 @@ def test_sigterm_during_write_load_exits_0_and_keeps_acknowledged_writes(
 ) -> None:
     """A graceful stop under load: exit 0, and every 201 is there after the restart."""
     node = new_node(nodes, tmp_path).start()
-    acked: list[tuple[str, str]] = []
-
-    async def scenario() -> None:
-        stop, enough = anyio.Event(), anyio.Event()
-
-        async def stopper() -> None:
-            with anyio.move_on_after(30):
-                await enough.wait()
-            node.signal(signal.SIGTERM)
-            with anyio.move_on_after(15):
-                await anyio.to_thread.run_sync(node.proc.wait)  # type: ignore[union-attr]
-            stop.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stopper)
-            tg.start_soon(_write_load, node.url, acked, stop, (300, enough), 16, 50_000)
-
-    anyio.run(scenario)
+    acked = _signal_under_write_load(node, signal.SIGTERM, 300, await_exit=True)
     assert node.wait() == 0, node.log()
     assert len(acked) >= 300
 
     restarted = new_node(nodes, tmp_path).start()
     with httpx.Client(base_url=restarted.url, timeout=10) as client:
         stats = client.get("/stats").json()
-        missing = [
-            name
-            for name, value in acked
-            if value
-            not in client.get(
-                f"/v1/records/{name}", headers={"Authorization": f"Bearer {TOKEN}"}
-            ).json()["values"]
-        ]
+        missing = _missing(client, acked)
     assert missing == []
     assert stats["records"] >= len(acked)
