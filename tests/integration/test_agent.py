@@ -26,50 +26,33 @@ from typing import Any
 import pytest
 
 from dmp.apps.client import agent
-from dmp.apps.client.cli import main
 from dmp.apps.client.config import config_home, load_config, save_config
-from dmp.domain.crypto import IdentityKeys, KdfParams, derive_identity
-from tests.integration.test_cli_e2e import ZONE, RunningNode, node  # noqa: F401 - fixture
+from tests.integration.test_cli_e2e import (  # noqa: F401 - node is a fixture
+    ZONE,
+    Result,
+    RunningNode,
+    User,
+    node,
+)
 
-TEST_KDF = KdfParams(time_cost=1, memory_cost_kib=8, parallelism=1, hash_len=32)
 
+class Person(User):
+    """A CLI user (see test_cli_e2e) whose ``env=`` *replaces* the environment.
 
-class Person:
-    """A config home made through the CLI, and ``run`` = ``main([...])`` with captured output."""
-
-    def __init__(self, name: str, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.name = name
-        self.home = root / name / ".dmp"
-        self.capsys = capsys
-        self.env = {
-            "HOME": str(root / name),
-            "DMP_CONFIG_HOME": str(self.home),
-            "DMP_PASSPHRASE": f"{name} passphrase",
-            "DMP_KDF_PROFILE": "test",
-        }
+    So a call can leave the passphrase out (:attr:`no_passphrase`) and reach
+    for the agent.
+    """
 
     @property
     def no_passphrase(self) -> dict[str, str]:
         return {k: v for k, v in self.env.items() if k != "DMP_PASSPHRASE"}
 
-    def run(self, *args: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main(list(args), environ=dict(self.env if env is None else env))
-        got = self.capsys.readouterr()
-        return code, got.out, got.err
-
-    def ok(self, *args: str, env: Mapping[str, str] | None = None) -> str:
-        code, out, err = self.run(*args, env=env)
-        assert code == 0, f"dnsmesh {' '.join(args)} -> {code}\n{out}{err}"
-        return out
+    def run(self, *args: str, env: Mapping[str, str] | None = None) -> Result:
+        return self.main(args, self.env if env is None else env)
 
     def offline_init(self) -> None:
         self.ok("init", self.name, "--no-default-resolvers", "--no-probe-local-dns")
         self.ok("identity", "show")  # records verify_pubkey
-
-    def keys(self) -> IdentityKeys:
-        salt = bytes.fromhex(load_config(self.home).kdf_salt)
-        return derive_identity(self.env["DMP_PASSPHRASE"], salt, TEST_KDF)
 
     def server(self, **kw: Any) -> agent.AgentServer:
         cfg = load_config(self.home)
@@ -419,27 +402,7 @@ def test_send_and_recv_run_in_the_agents(
     """alice and bob each with an agent and no passphrase exchange a message; same output."""
     alice, bob = people("alice"), people("bob")
     for p in (alice, bob):
-        p.ok(
-            "init",
-            f"{p.name}@{ZONE}",
-            "--endpoint",
-            node.url,
-            "--dns-resolvers",
-            f"127.0.0.1:{node.dns_port}",
-        )
-        p.ok(
-            "tsig",
-            "register",
-            "--node",
-            f"127.0.0.1:{node.http_port}",
-            "--scheme",
-            "http",
-            "--dns-server",
-            "127.0.0.1",
-            "--dns-port",
-            str(node.dns_port),
-        )
-        p.ok("identity", "publish")
+        p.join(node)
     alice.ok("identity", "fetch", f"bob@{ZONE}", "--add")
     bob.ok("identity", "fetch", f"alice@{ZONE}", "--add")
     agents = {p.name: serve(p.server()) for p in (alice, bob)}

@@ -26,9 +26,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.from_thread
@@ -36,6 +36,7 @@ import attrs
 import pytest
 
 from dmp.apps.client.cli import main
+from dmp.domain.crypto import IdentityKeys, KdfParams, derive_identity
 
 ZONE = "mesh.test"
 OPERATOR_TOKEN = "cli-e2e-operator-token"
@@ -100,8 +101,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@attrs.define
-class Result:
+class Result(NamedTuple):
     code: int
     out: str
     err: str
@@ -122,8 +122,13 @@ class User:
         }
 
     def run(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        """``main([...])`` with ``env`` added to this user's environment."""
+        return self.main(args, {**self.env, **(env or {})})
+
+    def main(self, args: tuple[str, ...], environ: Mapping[str, str]) -> Result:
+        """``main([...])`` under exactly ``environ``, with the output captured."""
         self.capsys.readouterr()
-        code = main(list(args), environ={**self.env, **(env or {})})
+        code = main(list(args), environ=dict(environ))
         captured = self.capsys.readouterr()
         return Result(code, captured.out, captured.err)
 
@@ -140,9 +145,8 @@ class User:
         assert isinstance(data, dict)
         return data
 
-    def keys(self) -> Any:
-        from dmp.domain.crypto import KdfParams, derive_identity
-
+    def keys(self) -> IdentityKeys:
+        """The identity keys, derived as the CLI does (with the cheap test KDF)."""
         salt = bytes.fromhex(self.config["kdf_salt"])
         return derive_identity(self.env["DMP_PASSPHRASE"], salt, KdfParams(1, 8, 1, 32))
 
@@ -157,10 +161,9 @@ class User:
             *extra,
         )
 
-    def join(self, node: RunningNode, *, prekeys: int = 0) -> None:
-        """init, tsig register, identity publish (and refresh-prekeys)."""
-        self.init(node)
-        self.ok(
+    def tsig_register(self, node: RunningNode) -> str:
+        """``tsig register`` with ``node`` (HTTP for the registration, its DNS port for UPDATE)."""
+        return self.ok(
             "tsig",
             "register",
             "--node",
@@ -172,6 +175,11 @@ class User:
             "--dns-port",
             str(node.dns_port),
         )
+
+    def join(self, node: RunningNode, *, prekeys: int = 0) -> None:
+        """init, tsig register, identity publish (and refresh-prekeys)."""
+        self.init(node)
+        self.tsig_register(node)
         self.ok("identity", "publish")
         if prekeys:
             self.ok("identity", "refresh-prekeys", "--count", str(prekeys))
@@ -482,18 +490,7 @@ def test_tsig_register_switches_writes_to_dns_update(node: RunningNode, users: A
     """tsig register stores the TSIG block; publish then goes over UPDATE (no endpoint needed)."""
     alice = users("alice")
     alice.init(node)
-    out = alice.ok(
-        "tsig",
-        "register",
-        "--node",
-        f"127.0.0.1:{node.http_port}",
-        "--scheme",
-        "http",
-        "--dns-server",
-        "127.0.0.1",
-        "--dns-port",
-        str(node.dns_port),
-    )
+    out = alice.tsig_register(node)
     cfg = alice.config
     assert cfg["tsig_key_name"].startswith("alice-")
     assert cfg["tsig_key_name"] in out
@@ -596,7 +593,6 @@ def test_two_identities_at_one_owner_need_a_fingerprint(node: RunningNode, users
     """Two distinct valid records: fetch refuses (exit 1, both fingerprints); one is chosen."""
     alice = users("alice")
     alice.join(node)
-    from dmp.domain.crypto import KdfParams, derive_identity
     from dmp.domain.identity import IdentityRecord, sign_identity
 
     owner = "id-" + hashlib.sha256(b"dave").hexdigest()[:16] + "." + ZONE
