@@ -39,6 +39,15 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ZONE = "mesh.test"
 LISTEN = re.compile(r"listening (dns udp\+tcp|http) (\S+):(\d+)")
 STARTUP_TIMEOUT_S = 30.0
+LOOPBACK_ENV = {
+    "DMP_DNS_HOST": "127.0.0.1",
+    "DMP_DNS_PORT": "0",
+    "DMP_HTTP_HOST": "127.0.0.1",
+    "DMP_HTTP_PORT": "0",
+    "DMP_OPERATOR_TOKEN": TOKEN,
+    "DMP_DOMAIN": ZONE,
+}
+"""A node on 127.0.0.1 with kernel-chosen ports, serving ZONE, operator token TOKEN."""
 
 
 class NodeProcess:
@@ -49,12 +58,7 @@ class NodeProcess:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONDONTWRITEBYTECODE": "1",
             "DMP_DB_PATH": str(tmp / "node.db"),
-            "DMP_DNS_HOST": "127.0.0.1",
-            "DMP_DNS_PORT": "0",
-            "DMP_HTTP_HOST": "127.0.0.1",
-            "DMP_HTTP_PORT": "0",
-            "DMP_OPERATOR_TOKEN": TOKEN,
-            "DMP_DOMAIN": ZONE,
+            **LOOPBACK_ENV,
             "DMP_DNS_RATE": "0",
             "DMP_HTTP_RATE": "0",
             "DMP_LOG_LEVEL": "INFO",
@@ -548,18 +552,7 @@ async def test_build_and_run_in_process_with_a_stop_event() -> None:
     from dmp.apps.node.config import load_config
     from dmp.apps.node.service import build_node, run_node
 
-    config = load_config(
-        {
-            "DMP_DB_PATH": ":memory:",
-            "DMP_DNS_HOST": "127.0.0.1",
-            "DMP_DNS_PORT": "0",
-            "DMP_HTTP_HOST": "127.0.0.1",
-            "DMP_HTTP_PORT": "0",
-            "DMP_OPERATOR_TOKEN": TOKEN,
-            "DMP_DOMAIN": ZONE,
-        },
-        {},
-    )
+    config = load_config({"DMP_DB_PATH": ":memory:", **LOOPBACK_ENV}, {})
     node = await build_node(config, clock=SystemClock())
     stop = anyio.Event()
     with anyio.fail_after(30):
