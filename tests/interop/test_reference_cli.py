@@ -68,6 +68,21 @@ class User:
             *extra,
         )
 
+    def tsig_register(self) -> subprocess.CompletedProcess[str]:
+        """``tsig register`` with the node (HTTP for the registration, DNS_PORT for UPDATE)."""
+        return self.run(
+            "tsig",
+            "register",
+            "--node",
+            "127.0.0.1",
+            "--scheme",
+            "http",
+            "--dns-server",
+            "127.0.0.1",
+            "--dns-port",
+            str(DNS_PORT),
+        )
+
     def keys(self) -> dict[str, str]:
         return json.loads(self.run("identity", "show", "--json").stdout)
 
@@ -108,18 +123,7 @@ def test_tsig_register_publish_identity_and_prekeys(node: NodeProc, tmp_path: Pa
     alice, bob = User("alice", tmp_path), User("bob", tmp_path)
     for u in (alice, bob):
         u.init(node)
-        out = u.run(
-            "tsig",
-            "register",
-            "--node",
-            "127.0.0.1",
-            "--scheme",
-            "http",
-            "--dns-server",
-            "127.0.0.1",
-            "--dns-port",
-            str(DNS_PORT),
-        ).stdout
+        out = u.tsig_register().stdout
         spk = u.keys()["signing_public_key"]
         m = re.search(r"TSIG key:\s+(\S+)", out)
         assert m, out
@@ -149,18 +153,7 @@ def test_tsig_key_cannot_write_outside_its_scope(node: NodeProc, tmp_path: Path)
     alice, mallory = User("alice", tmp_path), User("mallory", tmp_path)
     for u in (alice, mallory):
         u.init(node)
-        u.run(
-            "tsig",
-            "register",
-            "--node",
-            "127.0.0.1",
-            "--scheme",
-            "http",
-            "--dns-server",
-            "127.0.0.1",
-            "--dns-port",
-            str(DNS_PORT),
-        )
+        u.tsig_register()
     alice.run("identity", "publish")
     before = txt(f"id-{alice.h16}.{ZONE}")
     # mallory's key is scoped to id-<sha256("mallory")>; alice's name is out of scope
@@ -208,18 +201,7 @@ def test_cross_mode_fetch_and_wrong_token(node: NodeProc, tmp_path: Path) -> Non
     """A TSIG user resolves a bearer user; a forged bearer token is refused (401)."""
     alice, carol = User("alice", tmp_path), User("carol", tmp_path)
     alice.init(node)
-    alice.run(
-        "tsig",
-        "register",
-        "--node",
-        "127.0.0.1",
-        "--scheme",
-        "http",
-        "--dns-server",
-        "127.0.0.1",
-        "--dns-port",
-        str(DNS_PORT),
-    )
+    alice.tsig_register()
     carol.init(node, "--http-token", "dmp_v1_" + "a" * 52)
     p = carol.run("identity", "publish", ok=False)
     assert p.returncode != 0
@@ -241,18 +223,7 @@ def test_doctor_is_happy(node: NodeProc, tmp_path: Path) -> None:
     """dnsmesh doctor checks /health, the DNS endpoint and the TSIG registration."""
     alice = User("alice", tmp_path)
     alice.init(node)
-    alice.run(
-        "tsig",
-        "register",
-        "--node",
-        "127.0.0.1",
-        "--scheme",
-        "http",
-        "--dns-server",
-        "127.0.0.1",
-        "--dns-port",
-        str(DNS_PORT),
-    )
+    alice.tsig_register()
     out = alice.run("doctor").stdout
     assert "FAIL" not in out, out
 
