@@ -144,9 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     # identity
-    ident = sub.add_parser("identity", help="your identity and other people's")
-    isub = ident.add_subparsers(dest="identity_command", metavar="ACTION", parser_class=_Parser)
-    isub.required = True
+    isub = _actions(sub, "identity", "your identity and other people's")
     show = isub.add_parser("show", help="print your keys (offline)")
     show.add_argument("--json", action="store_true", help="print JSON")
     pub = isub.add_parser("publish", help="publish your signed identity record")
@@ -196,9 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     # contacts
-    contacts = sub.add_parser("contacts", help="pinned contacts")
-    csub = contacts.add_subparsers(dest="contacts_command", metavar="ACTION", parser_class=_Parser)
-    csub.required = True
+    csub = _actions(sub, "contacts", "pinned contacts")
     cadd = csub.add_parser("add", help="pin a contact by key")
     cadd.add_argument("name", help="local name (user@host to also record the zone)")
     cadd.add_argument("pubkey", help="the contact's X25519 public key, 64 hex")
@@ -219,9 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--skip-primary", action="store_true", help="only walk the mailbox slots")
 
     # intro
-    intro = sub.add_parser("intro", help="messages from senders you have not pinned")
-    nsub = intro.add_subparsers(dest="intro_command", metavar="ACTION", parser_class=_Parser)
-    nsub.required = True
+    nsub = _actions(sub, "intro", "messages from senders you have not pinned")
     nsub.add_parser("list", help="list pending intros")
     acc = nsub.add_parser("accept", help="deliver one intro, without pinning its sender")
     acc.add_argument("intro_id", type=int)
@@ -242,36 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
     # register / tsig
     reg = sub.add_parser("register", help="get a publish token from a multi-tenant node")
     _registration_flags(reg)
-    tsig = sub.add_parser("tsig", help="DNS UPDATE credentials")
-    tsub = tsig.add_subparsers(dest="tsig_command", metavar="ACTION", parser_class=_Parser)
-    tsub.required = True
+    tsub = _actions(sub, "tsig", "DNS UPDATE credentials")
     treg = tsub.add_parser("register", help="get a TSIG key from a node")
     _registration_flags(treg)
     treg.add_argument("--dns-server", help="where UPDATEs go (default: the node host)")
     treg.add_argument("--dns-port", type=int, default=53, help="its port (53; 5353 for dev)")
 
     # token
-    token = sub.add_parser("token", help="saved per-node publish tokens")
-    ksub = token.add_subparsers(dest="token_command", metavar="ACTION", parser_class=_Parser)
-    ksub.required = True
+    ksub = _actions(sub, "token", "saved per-node publish tokens")
     tl = ksub.add_parser("list", help="list saved tokens (never the secrets)")
     tl.add_argument("--json", action="store_true", help="print JSON")
     tf = ksub.add_parser("forget", help="delete the saved token for a node")
     tf.add_argument("node", help="node host name")
 
     # resolvers
-    res = sub.add_parser("resolvers", help="upstream DNS resolvers")
-    rsub = res.add_subparsers(dest="resolvers_command", metavar="ACTION", parser_class=_Parser)
-    rsub.required = True
+    rsub = _actions(sub, "resolvers", "upstream DNS resolvers")
     disc = rsub.add_parser("discover", help="probe well-known public resolvers")
     disc.add_argument("--save", action="store_true", help="save the working ones")
     disc.add_argument("--timeout", type=float, default=2.0, help="seconds per probe (2.0)")
     rsub.add_parser("list", help="print the configured resolvers")
 
     # agent
-    agent = sub.add_parser("agent", help="keep your keys unlocked in a background agent")
-    asub = agent.add_subparsers(dest="agent_command", metavar="ACTION", parser_class=_Parser)
-    asub.required = True
+    asub = _actions(sub, "agent", "keep your keys unlocked in a background agent")
     ast = asub.add_parser("start", help="derive your keys once and serve them (opt-in)")
     ast.add_argument(
         "--idle-timeout",
@@ -293,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--http-port", type=int, help="HTTP port")
     node.add_argument("--dev", action="store_true", help="loopback-only development node")
     return p
+
+
+def _actions(
+    sub: argparse._SubParsersAction[_Parser], name: str, help_text: str
+) -> argparse._SubParsersAction[_Parser]:
+    """Add ``dnsmesh <name> ACTION``; its actions go on the returned subparsers."""
+    command = sub.add_parser(name, help=help_text)
+    actions = command.add_subparsers(dest=f"{name}_command", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    return actions
 
 
 def _registration_flags(p: argparse.ArgumentParser) -> None:
