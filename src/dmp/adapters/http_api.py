@@ -777,8 +777,12 @@ def create_app(
         values = [r.value for r in rows]
         return _json({"name": owner, "values": values}, 200 if values else 404)
 
-    @app.post("/v1/records/<path:name>")
-    async def post_record(name: str) -> quart.Response:
+    async def write_gate(name: str, method: str) -> str | quart.Response:
+        """Before a record write: the per-IP limit, the owner name, the caller's right to write it.
+
+        Returns:
+            The owner, or the response that refuses the request.
+        """
         remote = api.client_ip(quart.request)
         limited = ip_limited(api.ip_buckets, remote)
         if limited is not None:
@@ -786,9 +790,16 @@ def create_app(
         owner = _owner_from_path(name)
         if owner is None:
             return _error(400, "invalid record name")
-        caller = await api.authorize_write(quart.request, owner, "POST", remote)
+        caller = await api.authorize_write(quart.request, owner, method, remote)
         if isinstance(caller, quart.Response):
             return caller
+        return owner
+
+    @app.post("/v1/records/<path:name>")
+    async def post_record(name: str) -> quart.Response:
+        owner = await write_gate(name, "POST")
+        if isinstance(owner, quart.Response):
+            return owner
         _, body = await _read_json(quart.request)
         if not isinstance(body, dict):
             return _error(400, "request body must be a JSON object")
@@ -817,16 +828,9 @@ def create_app(
 
     @app.delete("/v1/records/<path:name>")
     async def delete_record(name: str) -> quart.Response:
-        remote = api.client_ip(quart.request)
-        limited = ip_limited(api.ip_buckets, remote)
-        if limited is not None:
-            return limited
-        owner = _owner_from_path(name)
-        if owner is None:
-            return _error(400, "invalid record name")
-        caller = await api.authorize_write(quart.request, owner, "DELETE", remote)
-        if isinstance(caller, quart.Response):
-            return caller
+        owner = await write_gate(name, "DELETE")
+        if isinstance(owner, quart.Response):
+            return owner
         present, body = await _read_json(quart.request)
         value: str | None = None
         if present:
