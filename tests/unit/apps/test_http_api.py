@@ -382,18 +382,16 @@ def _post_scope(path: str, length: int) -> dict[str, Any]:
     }
 
 
-async def test_disconnect_before_the_body_is_complete_cancels_the_request() -> None:
-    """A client gone before its body is in: the handler is cancelled, nothing is written."""
-    node = make_node()
-    messages = [
-        {"type": "http.request", "body": b'{"value": "x"', "more_body": True},
-        {"type": "http.disconnect"},
-    ]
+async def _post_over_asgi(
+    app: Any, path: str, length: int, messages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """POST ``path`` through the ASGI ``app``: ``messages`` arrive, then nothing; what it sent."""
+    pending = list(messages)
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
+        if pending:
+            return pending.pop(0)
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
@@ -401,7 +399,18 @@ async def test_disconnect_before_the_body_is_complete_cancels_the_request() -> N
         sent.append(message)
 
     with anyio.fail_after(5):
-        await node.app(_post_scope("/v1/records/a.mesh.example", 40), receive, send)
+        await app(_post_scope(path, length), receive, send)
+    return sent
+
+
+async def test_disconnect_before_the_body_is_complete_cancels_the_request() -> None:
+    """A client gone before its body is in: the handler is cancelled, nothing is written."""
+    node = make_node()
+    messages = [
+        {"type": "http.request", "body": b'{"value": "x"', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent = await _post_over_asgi(node.app, "/v1/records/a.mesh.example", 40, messages)
     assert sent == []
     assert await node.store.count() == 0
 
@@ -421,19 +430,7 @@ async def test_disconnect_after_a_complete_request_lets_the_write_finish() -> No
         {"type": "http.request", "body": body, "more_body": False},
         {"type": "http.disconnect"},
     ]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    with anyio.fail_after(5):
-        await node.app(_post_scope("/v1/records/a.mesh.example", len(body)), receive, send)
+    sent = await _post_over_asgi(node.app, "/v1/records/a.mesh.example", len(body), messages)
     assert sent[0]["status"] == 201
     assert await node.store.count() == 1
 
@@ -444,22 +441,9 @@ async def test_slow_body_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(http_api, "_BODY_TIMEOUT_S", 0.05)
     node = make_node()
-    sent: list[dict[str, Any]] = []
-    scope = _post_scope("/v1/records/a.mesh.example", 20)
+    # 20 bytes announced, 9 sent: the rest of the body never comes
     parts = [{"type": "http.request", "body": b'{"value":', "more_body": True}]
-    never = anyio.Event()
-
-    async def receive() -> dict[str, Any]:
-        if parts:
-            return parts.pop()
-        await never.wait()  # the rest of the body never comes
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    with anyio.fail_after(5):
-        await node.app(scope, receive, send)
+    sent = await _post_over_asgi(node.app, "/v1/records/a.mesh.example", 20, parts)
     assert sent[0]["status"] == 408
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b'{"error": "request timeout"}'
     assert await node.store.count() == 0
