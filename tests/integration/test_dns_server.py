@@ -362,3 +362,19 @@ async def test_garbage_does_not_stop_the_server() -> None:
         assert txt_values(await dns.asyncquery.udp(q, HOST, port=server.port, timeout=5)) == [
             "hello"
         ]
+
+
+async def test_unspecified_ipv6_host_serves_ipv4_and_ipv6_over_udp_and_tcp() -> None:
+    """``DMP_DNS_HOST=::`` answers IPv4 and IPv6 clients on both transports."""
+    node = Node()
+    await node.seed()
+    server = DnsServer(node.handler, "::", 0)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server.serve)
+        query = dns.message.make_query("id-0123456789abcdef.mesh.test", "TXT")
+        for where in ("127.0.0.1", "::1"):
+            for send in (dns.asyncquery.udp, dns.asyncquery.tcp):
+                reply = await send(query, where, port=port, timeout=2)
+                assert reply.rcode() == dns.rcode.NOERROR, (where, send)
+                assert [b"".join(rd.strings) for rd in reply.answer[0]] == [b"hello"]
+        tg.cancel_scope.cancel()

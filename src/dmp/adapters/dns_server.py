@@ -117,6 +117,17 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         _log.debug("UDP error: %s", exc)
 
 
+def _tcp_host(host: str) -> str | None:
+    """The TCP listener's ``local_host`` for ``host``.
+
+    ``"::"`` binds a dual-stack UDP socket (Linux ``bindv6only=0``), but anyio
+    sets ``IPV6_V6ONLY`` on its TCP sockets, so the same host would refuse
+    IPv4 over TCP. ``None`` makes anyio listen on every IPv4 *and* IPv6
+    address instead, which matches what the UDP socket accepts.
+    """
+    return None if host in ("::", "[::]") else host
+
+
 class DnsServer:
     """UDP + TCP DNS listener on one port.
 
@@ -190,7 +201,9 @@ class DnsServer:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
             try:
-                listener = await anyio.create_tcp_listener(local_host=self.host, local_port=port)
+                listener = await anyio.create_tcp_listener(
+                    local_host=_tcp_host(self.host), local_port=port
+                )
             except OSError as exc:
                 transport.close()
                 if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
