@@ -232,6 +232,21 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     )
 
 
+def create_private(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist yet.
+
+    sqlite creates a database's ``-wal`` and ``-shm`` files with the
+    permissions of the database file itself, so a file created here keeps
+    all three owner-only whatever the umask (for files holding secrets: TSIG
+    keys, token hashes). An existing file is left as it is.
+
+    Raises:
+        OSError: the file cannot be created (missing directory, permissions).
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class _Engine:
     """One sqlite file: a writer thread with group commit, an inline reader, a reader pool.
 
@@ -251,6 +266,8 @@ class _Engine:
         sync_interval_s: with ``synchronous="NORMAL"`` only, the longest a
             committed write waits for the writer thread's checkpoint, which
             fsyncs the WAL: the bound on what an OS crash can lose.
+        private: create a missing database file with mode 0600 (see
+            :func:`create_private`).
 
     Raises:
         StoreUnavailable: the file cannot be opened, WAL cannot be enabled or
@@ -269,6 +286,7 @@ class _Engine:
         inline_reads: bool = True,
         inline_commits: bool = True,
         sync_interval_s: float = 1.0,
+        private: bool = False,
     ) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise StoreUnavailable(f"sqlite {sqlite3.sqlite_version} is older than 3.35")
@@ -309,6 +327,11 @@ class _Engine:
         self._inline: sqlite3.Connection | None = None
         self._inline_thread: int | None = None
         with _translate("open"):
+            if private:
+                try:
+                    create_private(self._path)
+                except OSError as exc:
+                    raise StoreUnavailable(f"{self._path}: cannot create: {exc}") from exc
             self._writer = self._connect()
             try:
                 (mode,) = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()
@@ -1090,6 +1113,7 @@ class SqliteTsigKeyStore(_EngineStore):
             _TSIG_SCHEMA,
             self._bump,
             synchronous=synchronous,
+            private=True,  # shared secrets: a new file (and its -wal, -shm) is owner-only
             readers=readers,
             busy_timeout_s=busy_timeout_s,
         )

@@ -51,6 +51,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from dmp.adapters.sqlite_store import create_private
 from dmp.ports.tokens import (
     AuditEntry,
     AuditEvent,
@@ -284,7 +285,10 @@ class SqliteTokenStore:
             sqlite3.Connection, sqlite3.Connection, sqlite3.Connection, sqlite3.Connection
         ]:
             p = Path(path)
-            created = not p.exists()
+            try:
+                create_private(p)  # 0600, and so are the -wal and -shm sqlite makes beside it
+            except OSError as exc:
+                raise TokenStoreError(f"cannot open token store {p}: {exc}") from exc
             opened: list[sqlite3.Connection] = []
 
             def connect(timeout: float) -> sqlite3.Connection:
@@ -310,9 +314,6 @@ class SqliteTokenStore:
                 for c in opened:
                     c.close()
                 raise TokenStoreError(f"cannot open token store {p}: {exc}") from exc
-            if created:
-                with contextlib.suppress(OSError):
-                    os.chmod(p, 0o600)
             return conn, reader, lookup, auditor
 
         conn, reader, lookup, auditor = await anyio.to_thread.run_sync(_open)
