@@ -14,6 +14,7 @@ import queue
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -592,3 +593,26 @@ def test_sigterm_during_write_load_exits_0_and_keeps_acknowledged_writes(
         missing = _missing(client, acked)
     assert missing == []
     assert stats["records"] >= len(acked)
+
+
+@pytest.mark.parametrize(
+    ("area", "table"),
+    [(("token", "list"), "tokens"), (("audit", "tail"), "tokens"), (("tsig", "list"), "tsig_keys")],
+)
+def test_admin_on_a_foreign_database_is_a_one_line_error(
+    tmp_path: Path, area: tuple[str, str], table: str
+) -> None:
+    """`admin` pointed at another program's file (same table names): one line, exit 1, untouched."""
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"CREATE TABLE {table} (token_hash TEXT PRIMARY KEY, subject TEXT, scope TEXT)")
+    conn.commit()
+    before = conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall()
+    env = {"PATH": os.environ.get("PATH", "")}
+    done = admin(env, area[0], "--db", str(path), area[1])
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert "not a dmp-node database" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall() == before
+    conn.close()

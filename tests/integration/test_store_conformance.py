@@ -770,3 +770,26 @@ async def test_sqlite_normal_inline_write_never_waits_for_a_lock(tmp_path: Path)
             assert [r.value for r in await store.get(OWNER, NOW)] == ["after-unlock"]
         finally:
             other.close()
+
+
+@pytest.mark.parametrize("kind", ["records", "tsig"])
+async def test_sqlite_refuses_a_foreign_database_without_touching_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """A file whose tables share our names but not our columns is refused as it is.
+
+    The reference node's databases are like this (``records``/``tsig_keys``
+    with other columns): opening one must neither fail half-way nor add our
+    indexes, tables or triggers to it.
+    """
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    table = "records" if kind == "records" else "tsig_keys"
+    conn.execute(f"CREATE TABLE {table} (name TEXT, value TEXT, ttl INTEGER, stored_ts INTEGER)")
+    conn.commit()
+    before = conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    opener = SqliteRecordStore.open if kind == "records" else SqliteTsigKeyStore.open
+    with pytest.raises(StoreUnavailable, match=f"not a dmp-node database.*'{table}'"):
+        await opener(path)
+    assert conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() == before
+    conn.close()

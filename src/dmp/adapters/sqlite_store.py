@@ -92,6 +92,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -232,6 +233,60 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     )
 
 
+_TABLE_RE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", re.S)
+_CONSTRAINTS = frozenset({"UNIQUE", "PRIMARY", "CHECK", "FOREIGN", "CONSTRAINT"})
+
+
+def schema_mismatch(conn: sqlite3.Connection, schema: str) -> str | None:
+    """Why the file behind ``conn`` cannot take ``schema``, or ``None`` when it can.
+
+    Every ``CREATE TABLE IF NOT EXISTS`` table of ``schema`` that already
+    exists must have all the columns the schema gives it. Otherwise the file
+    belongs to something else (typically the reference node's database at the
+    same path, whose tables share names with ours): applying the schema would
+    add our indexes and triggers to it and fail later, so nothing is touched.
+
+    Raises:
+        sqlite3.Error: the file cannot be read.
+    """
+    for table, body in _TABLE_RE.findall(schema):
+        wanted = {
+            line.split()[0]
+            for line in body.splitlines()
+            if line.strip() and line.split()[0].upper() not in _CONSTRAINTS
+        }
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if have and not wanted <= have:
+            missing = ", ".join(sorted(wanted - have))
+            return (
+                f"not a dmp-node database: its table {table!r} lacks {missing} "
+                "(a dnsmesh reference database? dmp-node keeps its own files)"
+            )
+    return None
+
+
+def apply_schema(conn: sqlite3.Connection, schema: str) -> None:
+    """Check the file with :func:`schema_mismatch`, then apply ``schema`` in one transaction.
+
+    Raises:
+        SchemaMismatch: the file holds other tables of the same names.
+        sqlite3.Error: sqlite failed (nothing of the schema is applied).
+    """
+    problem = schema_mismatch(conn, schema)
+    if problem is not None:
+        raise SchemaMismatch(problem)
+    try:
+        conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+class SchemaMismatch(Exception):
+    """The database file has tables of our names with other columns (not ours)."""
+
+
 def create_private(path: str | os.PathLike[str]) -> None:
     """Create ``path`` empty with mode 0600 if it does not exist yet.
 
@@ -338,7 +393,10 @@ class _Engine:
                 if str(mode).lower() != "wal":
                     raise StoreUnavailable(f"{self._path}: WAL refused (journal_mode={mode})")
                 self._writer.execute(f"PRAGMA synchronous={synchronous}")
-                self._writer.executescript(schema)
+                try:
+                    apply_schema(self._writer, schema)
+                except SchemaMismatch as exc:
+                    raise StoreUnavailable(str(exc)) from None
                 if self._inline_commits:
                     # no checkpoint inside an inline COMMIT (the writer thread runs them),
                     # and an inline write never waits for a lock (busy: the thread retries)

@@ -51,7 +51,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from dmp.adapters.sqlite_store import create_private
+from dmp.adapters.sqlite_store import SchemaMismatch, apply_schema, create_private
 from dmp.ports.tokens import (
     AuditEntry,
     AuditEvent,
@@ -302,7 +302,7 @@ class SqliteTokenStore:
                 conn = connect(10.0)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
-                conn.executescript(_SCHEMA)
+                apply_schema(conn, _SCHEMA)
                 reader = connect(10.0)
                 reader.execute("PRAGMA query_only=ON")
                 lookup = connect(0.0)  # never waits on the loop thread: busy -> worker thread
@@ -310,7 +310,7 @@ class SqliteTokenStore:
                 auditor = connect(0.0)  # inline audit commits: busy -> the writer thread
                 auditor.execute("PRAGMA synchronous=NORMAL")
                 auditor.execute("PRAGMA wal_autocheckpoint=0")  # the writer thread checkpoints
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, SchemaMismatch) as exc:
                 for c in opened:
                     c.close()
                 raise TokenStoreError(f"cannot open token store {p}: {exc}") from exc

@@ -51,6 +51,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from dmp.apps.pipes import flush_stdout, stdout_gone
+
 if TYPE_CHECKING:
     from dmp.apps.client.config import ClientConfig
     from dmp.domain.crypto import IdentityKeys
@@ -1446,7 +1448,10 @@ def main(
             return done
     handler = COMMANDS[(ns.command, _action(ns))]
     try:
-        return handler(Context(ns, env, held_keys), ns)
+        code = handler(Context(ns, env, held_keys), ns)
+        return flush_stdout() or code
+    except BrokenPipeError:  # `dnsmesh contacts list | head -1`: stop quietly
+        return stdout_gone()
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -265,15 +265,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         argv: arguments without the program name (``sys.argv[1:]`` when None).
         environ: the environment (``os.environ`` when None).
     """
+    from dmp.apps.pipes import flush_stdout, stdout_gone
+
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
     ns = build_parser().parse_args(args)
     command = ns.command or "serve"
-    if command == "serve":
-        return _cmd_serve(ns, env)
-    if command == "check-config":
-        return _cmd_check_config(ns, env)
-    return _cmd_admin(ns, env)
+    try:
+        if command == "serve":
+            return _cmd_serve(ns, env)
+        admin_or_check = _cmd_check_config if command == "check-config" else _cmd_admin
+        code = admin_or_check(ns, env)
+    except BrokenPipeError:  # `dmp-node admin token list | head -1`
+        return stdout_gone()
+    return flush_stdout() or code
 
 
 # ---------------------------------------------------------------- admin
