@@ -10,6 +10,11 @@ Endpoints (behaviour.md §d; wire.md §8, §10):
   ``POST /v1/registration/tsig-confirm``: :mod:`dmp.apps.node.registration`.
 * ``GET/POST/DELETE /v1/records/{name}``: read (operator bearer when
   configured), append-publish, delete.
+* ``GET /v1/sync/digest``, ``POST /v1/sync/pull``: anti-entropy between
+  cluster peers (wire.md §9; shapes in :mod:`dmp.adapters.http_sync`). Only
+  ``Authorization: Bearer <DMP_SYNC_PEER_TOKEN>`` is let in (403
+  ``forbidden`` otherwise, always when no peer token is configured); they
+  share the records routes' per-IP bucket, checked first.
 
 Auth modes: ``open`` (anyone writes), ``legacy`` (operator token writes),
 ``multi-tenant`` (operator token, or a bearer token within its scope class;
@@ -65,6 +70,14 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from quart.asgi import ASGIHTTPConnection
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
+from dmp.adapters.http_sync import (
+    SyncRequestError,
+    digest_body,
+    parse_digest_query,
+    parse_pull_names,
+    pull_body,
+    sync_token_matches,
+)
 from dmp.apps.node.registration import (
     RandomBytes,
     Refused,
@@ -120,6 +133,8 @@ class HttpConfig:
         http_trusted_proxies: ``DMP_HTTP_TRUSTED_PROXIES``: addresses or
             CIDRs whose ``X-Forwarded-For`` is honoured.
         operator_token: ``DMP_OPERATOR_TOKEN`` (alias ``DMP_HTTP_TOKEN``).
+        sync_peer_token: ``DMP_SYNC_PEER_TOKEN``: the bearer cluster peers
+            present on ``/v1/sync/*`` (unset: those routes answer 403).
         auth_mode: ``DMP_AUTH_MODE``; None means auto (``legacy`` with an
             operator token, else ``open``).
         allow_open_public_bind: ``DMP_ALLOW_OPEN_PUBLIC_BIND``.
@@ -138,6 +153,7 @@ class HttpConfig:
     http_max_body_bytes: int = 16 * 1024
     http_trusted_proxies: tuple[str, ...] = ()
     operator_token: str | None = attrs.field(default=None, repr=False)
+    sync_peer_token: str | None = attrs.field(default=None, repr=False)
     auth_mode: AuthMode | None = None
     allow_open_public_bind: bool = False
     max_ttl: int = 86400
@@ -850,6 +866,50 @@ def create_app(
         if removed == 0:
             return _error(404, "no matching record")
         return _small(quart.Response(b"", status=204))
+
+    # -- anti-entropy (wire.md §9) ---------------------------------------------
+
+    def sync_gate() -> quart.Response | None:
+        """The per-IP bucket, then the peer token (403 without it)."""
+        limited = ip_limited(api.ip_buckets, api.client_ip(quart.request))
+        if limited is not None:
+            return limited
+        if not sync_token_matches(config.sync_peer_token, _bearer(quart.request)):
+            return _error(403, "forbidden")
+        return None
+
+    @app.get("/v1/sync/digest")
+    async def sync_digest() -> quart.Response:
+        refused = sync_gate()
+        if refused is not None:
+            return refused
+        try:
+            cursor, limit = parse_digest_query(quart.request.args)
+        except SyncRequestError as exc:
+            return _error(400, str(exc))
+        now = api.clock.now()
+        after = (cursor.stored_ts_ms, cursor.owner, cursor.value_hash)
+        try:
+            rows = await api.store.digest(after, limit + 1, now)
+        except StoreError:
+            return _error(503, "store unavailable")
+        return _json(digest_body(rows, cursor, limit, now))
+
+    @app.post("/v1/sync/pull")
+    async def sync_pull() -> quart.Response:
+        refused = sync_gate()
+        if refused is not None:
+            return refused
+        try:
+            owners = parse_pull_names(*await _read_json(quart.request))
+        except SyncRequestError as exc:
+            return _error(400, str(exc))
+        now = api.clock.now()
+        try:
+            rows = [rec for owner in owners for rec in await api.store.get(owner, now)]
+        except StoreError:
+            return _error(503, "store unavailable")
+        return _json(pull_body(rows, now))
 
     return app
 

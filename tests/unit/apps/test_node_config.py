@@ -78,6 +78,24 @@ def test_operator_token_is_not_in_repr() -> None:
     assert "op-secret" not in repr(cfg())
 
 
+def test_sync_peer_token_is_read_and_kept_out_of_repr() -> None:
+    c = cfg({"DMP_SYNC_PEER_TOKEN": "peer-secret"})
+
+    assert c.sync_peer_token == "peer-secret"
+    assert "peer-secret" not in repr(c)
+    assert cfg().sync_peer_token is None
+    assert cfg({"DMP_SYNC_PEER_TOKEN": ""}).sync_peer_token is None
+
+
+def test_check_config_masks_the_sync_peer_token(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["check-config", "--dev"], environ={**BASE, "DMP_SYNC_PEER_TOKEN": "peer-s3"})
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert '"sync_peer_token": "<set>"' in out
+    assert "peer-s3" not in out
+
+
 # ---------------------------------------------------------------- environment values
 
 

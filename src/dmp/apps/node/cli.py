@@ -252,8 +252,9 @@ def _cmd_check_config(ns: argparse.Namespace, environ: Mapping[str, str]) -> int
     except ConfigError as exc:
         return _fail(str(exc))
     data = attrs.asdict(config)
-    if data.get("operator_token"):
-        data["operator_token"] = "<set>"
+    for secret in ("operator_token", "sync_peer_token"):
+        if data.get(secret):
+            data[secret] = "<set>"
     print(json.dumps(data, default=str, indent=1, sort_keys=True))
     return EXIT_OK
 

@@ -144,6 +144,7 @@ class NodeConfig:
     http_trusted_proxies: tuple[str, ...] = ()
     # auth
     operator_token: str | None = attrs.field(default=None, repr=False)
+    sync_peer_token: str | None = attrs.field(default=None, repr=False)
     auth_mode: AuthMode = "open"
     allow_open_public_bind: bool = False
     token_db_path: DbPath | None = None
@@ -523,6 +524,7 @@ def load_config(
         http_max_concurrency=src.get("DMP_HTTP_MAX_CONCURRENCY", _int_in(1, 1_000_000), 64),
         http_trusted_proxies=src.get("DMP_HTTP_TRUSTED_PROXIES", _networks, ()),
         operator_token=operator_token,
+        sync_peer_token=src.get("DMP_SYNC_PEER_TOKEN", _text, None),
         auth_mode=auth_mode,  # type: ignore[arg-type]
         allow_open_public_bind=allow_open_public,
         token_db_path=token_db,
