@@ -1,0 +1,159 @@
+"""Anti-entropy: the reference node's AntiEntropyWorker pulls records from our dmp-node.
+
+The reference is configured as a cluster peer of our node
+(``DMP_SYNC_PEERS=<our URL>``, the same ``DMP_SYNC_PEER_TOKEN``,
+``DMP_SYNC_INTERVAL=1``), so everything it ends up holding came through our
+``GET /v1/sync/digest`` and ``POST /v1/sync/pull`` (wire.md §9): digest
+paging, the value hashes it checks pulled values against, the TTLs it stores
+with, and the per-type re-verification it runs (a signed identity goes
+through, a tampered one is refused). A record published after the first
+rounds arrives too (the worker's cursor continues over our digest).
+
+Uses its own ports (DNS 15353/15354, HTTP 18080/18081), so it does not clash
+with the ``node`` fixture's 5353/80.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nodelib import NodeProc, http_json
+
+from tests.interop.conftest import OPERATOR_TOKEN
+
+PEER_TOKEN = "interop-sync-peer-token"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+
+
+def _identity() -> tuple[str, str]:
+    """A signed identity record from the golden vectors: (owner, TXT value)."""
+    data = json.loads((GOLDEN / "identity.json").read_text())
+    record = data["records"][0]
+    return record["owner_hashed"].lower(), record["wire"]
+
+
+def _tampered(wire: str) -> str:
+    """The same record with one base64 character of its signature changed."""
+    i = len(wire) - 10
+    return wire[:i] + ("A" if wire[i] != "A" else "B") + wire[i + 1 :]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
+    """Our node (the sync source) and a reference node syncing from it."""
+    ours = NodeProc(
+        "dmp",
+        "sync-dmp",
+        tmp_path,
+        dns_port=15353,
+        http_port=18080,
+        env={
+            "DMP_OPERATOR_TOKEN": OPERATOR_TOKEN,
+            "DMP_SYNC_PEER_TOKEN": PEER_TOKEN,
+            "DMP_HTTP_RATE": "0",
+        },
+    )
+    ref = NodeProc(
+        "ref",
+        "sync-ref",
+        tmp_path,
+        dns_port=15354,
+        http_port=18081,
+        env={
+            "DMP_OPERATOR_TOKEN": OPERATOR_TOKEN,
+            "DMP_SYNC_PEER_TOKEN": PEER_TOKEN,
+            "DMP_SYNC_PEERS": "http://127.0.0.1:18080",
+            "DMP_SYNC_INTERVAL": "1",
+            "DMP_HTTP_RATE": "0",
+            "DMP_LOG_LEVEL": "INFO",
+        },
+    )
+    ours.start(timeout=30)
+    try:
+        yield ours, ref
+    finally:
+        ref.stop()
+        rc = ours.stop()
+        assert rc == 0, f"dmp-node exit code {rc}: {ours.log_tail()}"
+
+
+def publish(node: NodeProc, owner: str, value: str, ttl: int) -> None:
+    status, body = http_json(
+        f"{node.url}/v1/records/{owner}", "POST", {"value": value, "ttl": ttl}, OPERATOR_TOKEN
+    )
+    assert status == 201, (owner, status, body)
+
+
+def values_at(node: NodeProc, owner: str) -> set[str]:
+    status, body = http_json(f"{node.url}/v1/records/{owner}", token=OPERATOR_TOKEN)
+    return set(json.loads(body)["values"]) if status == 200 else set()
+
+
+def wait_for(node: NodeProc, expected: dict[str, set[str]], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {owner: values_at(node, owner) for owner in expected}
+        if got == expected:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"reference holds {got}, expected {expected}:\n{node.log_tail()}")
+        time.sleep(0.2)
+
+
+def test_reference_node_pulls_our_records(pair: tuple[NodeProc, NodeProc]) -> None:
+    """Everything valid we hold reaches the reference peer; a forged identity does not."""
+    ours, ref = pair
+    identity_owner, identity = _identity()
+    forged_owner = "id-00000000000000ff.mesh.test"
+    expected = {
+        "www.mesh.test": {"hello from dmp", "v=spf1 -all"},
+        identity_owner: {identity},
+    }
+    for owner, values in expected.items():
+        for value in values:
+            publish(ours, owner, value, 600)
+    publish(ours, forged_owner, _tampered(identity), 600)
+    # 40 more owners: the digest interleaves them by acceptance time
+    many = {f"n{i:03d}.mesh.test": {f"row {i}"} for i in range(40)}
+    for owner, values in many.items():
+        publish(ours, owner, next(iter(values)), 300)
+
+    ref.start(timeout=30)
+    wait_for(ref, {**expected, **many})
+    assert values_at(ref, forged_owner) == set()
+
+    # a later write arrives on a later round
+    publish(ours, "late.mesh.test", "published after the first rounds", 600)
+    wait_for(ref, {"late.mesh.test": {"published after the first rounds"}})
+
+    status, body = http_json(f"{ours.url}/v1/sync/digest", token=PEER_TOKEN)
+    assert status == 200
+    digest = json.loads(body)
+    assert digest["has_more"] is False
+    assert len(digest["records"]) == 2 + 1 + 1 + 40 + 1
+
+    # the reference stored what it pulled with the TTL we advertised
+    status, body = http_json(f"{ref.url}/v1/sync/digest", token=PEER_TOKEN)
+    assert status == 200
+    ttls = {(r["name"], r["hash"]): r["ttl"] for r in json.loads(body)["records"]}
+    ours_ttls = {(r["name"], r["hash"]): r["ttl"] for r in digest["records"]}
+    assert set(ttls) == set(ours_ttls) - {
+        (e["name"], e["hash"]) for e in digest["records"] if e["name"] == forged_owner
+    }
+    for key, ttl in ttls.items():
+        assert abs(ttl - ours_ttls[key]) <= 60, (key, ttl, ours_ttls[key])
+
+    # a republish with a longer TTL moves the row up our digest; the peer refreshes its copy
+    publish(ours, "www.mesh.test", "hello from dmp", 3000)
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = http_json(f"{ref.url}/v1/sync/digest", token=PEER_TOKEN)
+        refreshed = [r["ttl"] for r in json.loads(body)["records"] if r["name"] == "www.mesh.test"]
+        if max(refreshed) > 2000:
+            break
+        assert time.monotonic() < deadline, f"TTL not refreshed: {refreshed}"
+        time.sleep(0.2)
