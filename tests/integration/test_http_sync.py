@@ -15,11 +15,14 @@ import pytest
 from dmp.adapters.clock import SystemClock
 from dmp.apps.node.config import load_config
 from dmp.apps.node.service import Node, build_node, run_node
+from dmp.domain.cluster import ClusterManifest, ClusterNode, sign_cluster
+from dmp.domain.keys import ed25519_public_from_seed
 
 pytestmark = pytest.mark.anyio
 
 OPERATOR = "op-token"
 PEER = "peer-token"
+OPERATOR_SEED = hashlib.sha256(b"integration/cluster/operator").digest()
 
 
 def sha(text: str) -> str:
@@ -39,6 +42,8 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
             "DMP_OPERATOR_TOKEN": OPERATOR,
             "DMP_SYNC_PEER_TOKEN": PEER,
             "DMP_HTTP_RATE": "0",
+            "DMP_CLUSTER_BASE_DOMAIN": "Mesh.Example",
+            "DMP_SYNC_OPERATOR_SPK": ed25519_public_from_seed(OPERATOR_SEED).hex(),
         },
         {},
     )
@@ -113,3 +118,38 @@ async def test_the_routes_refuse_without_the_peer_token(node: Node) -> None:
             response = await c.post("/v1/sync/pull", json={"names": []})
             assert response.status_code == 403
             assert response.json() == {"error": "forbidden"}
+
+
+async def test_the_cluster_manifest_is_served_from_the_base_domain(node: Node) -> None:
+    """DMP_CLUSTER_BASE_DOMAIN and DMP_SYNC_OPERATOR_SPK reach the route: highest verifying seq."""
+    now = int(time.time())
+
+    def signed(seq: int, seed: bytes = OPERATOR_SEED) -> str:
+        return sign_cluster(
+            ClusterManifest(
+                cluster_name="mesh.example",
+                seq=seq,
+                exp=now + 3600,
+                operator_spk=ed25519_public_from_seed(seed),
+                nodes=(ClusterNode(node_id="a", http_endpoint="https://a.mesh.example"),),
+            ),
+            seed,
+        )
+
+    async with client(node) as peer:
+        assert (await peer.get("/v1/sync/cluster-manifest")).status_code == 204
+        forged = signed(9, hashlib.sha256(b"someone else").digest())
+        async with client(node, OPERATOR) as op:
+            for value in (signed(2), signed(3), forged):
+                response = await op.post(
+                    "/v1/records/cluster.mesh.example", json={"value": value, "ttl": 600}
+                )
+                assert response.status_code == 201
+        response = await peer.get("/v1/sync/cluster-manifest")
+    assert response.status_code == 200
+    assert response.json() == {
+        "wire": signed(3),
+        "seq": 3,
+        "exp": now + 3600,
+        "cluster_name": "mesh.example",
+    }

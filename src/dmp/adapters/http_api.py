@@ -10,7 +10,8 @@ Endpoints (behaviour.md §d; wire.md §8, §10):
   ``POST /v1/registration/tsig-confirm``: :mod:`dmp.apps.node.registration`.
 * ``GET/POST/DELETE /v1/records/{name}``: read (operator bearer when
   configured), append-publish, delete.
-* ``GET /v1/sync/digest``, ``POST /v1/sync/pull``: anti-entropy between
+* ``GET /v1/sync/digest``, ``POST /v1/sync/pull``,
+  ``GET /v1/sync/cluster-manifest``: anti-entropy between
   cluster peers (wire.md §9; shapes in :mod:`dmp.adapters.http_sync`). Only
   ``Authorization: Bearer <DMP_SYNC_PEER_TOKEN>`` is let in (403
   ``forbidden`` otherwise, always when no peer token is configured); they
@@ -72,6 +73,7 @@ from werkzeug.exceptions import HTTPException, RequestTimeout
 
 from dmp.adapters.http_sync import (
     SyncRequestError,
+    cluster_manifest_body,
     digest_body,
     parse_digest_query,
     parse_pull_names,
@@ -135,6 +137,10 @@ class HttpConfig:
         operator_token: ``DMP_OPERATOR_TOKEN`` (alias ``DMP_HTTP_TOKEN``).
         sync_peer_token: ``DMP_SYNC_PEER_TOKEN``: the bearer cluster peers
             present on ``/v1/sync/*`` (unset: those routes answer 403).
+        sync_operator_spk: ``DMP_SYNC_OPERATOR_SPK``: the pinned operator
+            key the served cluster manifest must verify under.
+        cluster_base_domain: ``DMP_CLUSTER_BASE_DOMAIN``: the manifest is
+            served from ``cluster.<base>`` (none: 204).
         auth_mode: ``DMP_AUTH_MODE``; None means auto (``legacy`` with an
             operator token, else ``open``).
         allow_open_public_bind: ``DMP_ALLOW_OPEN_PUBLIC_BIND``.
@@ -154,6 +160,8 @@ class HttpConfig:
     http_trusted_proxies: tuple[str, ...] = ()
     operator_token: str | None = attrs.field(default=None, repr=False)
     sync_peer_token: str | None = attrs.field(default=None, repr=False)
+    sync_operator_spk: bytes | None = None
+    cluster_base_domain: str | None = None
     auth_mode: AuthMode | None = None
     allow_open_public_bind: bool = False
     max_ttl: int = 86400
@@ -910,6 +918,29 @@ def create_app(
         except StoreError:
             return _error(503, "store unavailable")
         return _json(pull_body(rows, now))
+
+    @app.get("/v1/sync/cluster-manifest")
+    async def sync_cluster_manifest() -> quart.Response:
+        refused = sync_gate()
+        if refused is not None:
+            return refused
+        base = config.cluster_base_domain
+        body = None
+        if base:
+            now = api.clock.now()
+            try:
+                rows = await api.store.get(f"cluster.{base}", now)
+            except StoreError:
+                return _error(503, "store unavailable")
+            body = cluster_manifest_body(
+                (r.value for r in rows),
+                operator_spk=config.sync_operator_spk,
+                base=base,
+                now=int(now),
+            )
+        if body is None:
+            return _small(quart.Response(b"", status=204))
+        return _json(body)
 
     return app
 

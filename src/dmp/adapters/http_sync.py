@@ -18,6 +18,13 @@ behaviour.md §d):
   strings; trailing dots stripped, duplicates merged, names looked up as
   given, so case-sensitively): ``{"records": [{"name", "value", "ttl"}]}``, every unexpired value
   of those names in digest order; unknown names are simply absent.
+* ``GET /v1/sync/cluster-manifest``: the highest-``seq`` cluster manifest
+  stored at ``cluster.<DMP_CLUSTER_BASE_DOMAIN>`` as ``{"wire", "seq", "exp",
+  "cluster_name"}``, or 204 when there is none (or no base domain). With a
+  pinned ``DMP_SYNC_OPERATOR_SPK`` only manifests that fully verify under it
+  for that cluster name count; without one, as in the reference, any value
+  whose body decodes counts (signature, expiry and name unchecked: a peer
+  verifies it against its own pinned key before installing it).
 
 Errors are 400 ``{"error": ...}`` with the reference node's messages. An
 empty ``cursor=``, ``since=`` or ``limit=`` counts as absent, as there.
@@ -31,7 +38,15 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from dmp.domain.errors import BadCursor
+from dmp.domain.cluster import (
+    CLUSTER_PREFIX,
+    ClusterManifest,
+    decode_cluster_body,
+    signed_blob,
+    verify_cluster,
+)
+from dmp.domain.errors import BadCursor, DmpError
+from dmp.domain.keys import ED25519_SIG_LEN
 from dmp.domain.sync import MAX_PULL_NAMES, ORIGIN, SyncCursor
 from dmp.ports.store import StoredRecord
 
@@ -39,6 +54,7 @@ __all__ = [
     "DEFAULT_DIGEST_LIMIT",
     "MAX_DIGEST_LIMIT",
     "SyncRequestError",
+    "cluster_manifest_body",
     "digest_body",
     "parse_digest_query",
     "parse_pull_names",
@@ -175,4 +191,39 @@ def pull_body(rows: Iterable[StoredRecord], now: float) -> dict[str, object]:
             {"name": rec.owner, "value": rec.value, "ttl": rec.remaining_ttl(now)}
             for rec in ordered
         ]
+    }
+
+
+def cluster_manifest_body(
+    values: Iterable[str], *, operator_spk: bytes | None, base: str, now: int
+) -> dict[str, object] | None:
+    """The manifest response for the values stored at ``cluster.<base>``, or None (204).
+
+    Args:
+        values: the TXT values at ``cluster.<base>``, in store order (the
+            first of equal ``seq`` wins).
+        operator_spk: the pinned operator key, if any.
+        base: the cluster base domain (the expected ``cluster_name`` when pinned).
+        now: POSIX seconds, for the expiry check when pinned.
+    """
+    best: tuple[str, ClusterManifest] | None = None
+    for wire in values:
+        try:
+            if operator_spk is not None:
+                manifest = verify_cluster(wire, operator_spk, now=now, expected_cluster_name=base)
+            else:
+                blob = signed_blob(wire, CLUSTER_PREFIX, ED25519_SIG_LEN)
+                manifest = decode_cluster_body(blob[:-ED25519_SIG_LEN])
+        except DmpError:
+            continue
+        if best is None or manifest.seq > best[1].seq:
+            best = (wire, manifest)
+    if best is None:
+        return None
+    wire, manifest = best
+    return {
+        "wire": wire,
+        "seq": manifest.seq,
+        "exp": manifest.exp,
+        "cluster_name": manifest.cluster_name,
     }

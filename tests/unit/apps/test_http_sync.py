@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ from dmp.adapters.http_api import HttpConfig, create_app
 from dmp.adapters.http_sync import parse_digest_query, parse_pull_names, sync_token_matches
 from dmp.adapters.memory_store import MemoryRecordStore
 from dmp.adapters.sim.clock import SimClock
+from dmp.domain.cluster import CLUSTER_PREFIX, ClusterManifest, ClusterNode, sign_cluster
+from dmp.domain.keys import ed25519_public_from_seed
 from dmp.domain.sync import SyncCursor
 from dmp.ports.store import StoreUnavailable
 
@@ -376,3 +379,107 @@ def test_pull_names_strip_and_merge() -> None:
     assert parse_pull_names(True, {"names": ["b.", "a", "b", "a.."]}) == ["b", "a"]
     with pytest.raises(ValueError, match="names must be a list"):
         parse_pull_names(False, None)  # no body counts as {}
+
+
+# -- cluster manifest ----------------------------------------------------------
+
+BASE = "mesh.example"
+OP_SEED = hashlib.sha256(b"test/cluster/operator").digest()
+OTHER_SEED = hashlib.sha256(b"test/cluster/other").digest()
+NOW = int(T0)
+
+
+def manifest(seq: int, *, name: str = BASE, exp: int = NOW + 3600, seed: bytes = OP_SEED) -> str:
+    return sign_cluster(
+        ClusterManifest(
+            cluster_name=name,
+            seq=seq,
+            exp=exp,
+            operator_spk=ed25519_public_from_seed(seed),
+            nodes=(ClusterNode(node_id="n1", http_endpoint="https://n1.mesh.example"),),
+        ),
+        seed,
+    )
+
+
+def unsigned(seq: int) -> str:
+    """A manifest whose body decodes but whose signature is junk."""
+    wire = manifest(seq)
+    blob = base64.b64decode(wire[len(CLUSTER_PREFIX) :])
+    return CLUSTER_PREFIX + base64.b64encode(blob[:-64] + b"\x01" * 64).decode()
+
+
+async def manifest_node(values: list[str], **overrides: Any) -> Node:
+    node = Node(cluster_base_domain=BASE, **overrides)
+    for value in values:
+        await node.store.put(f"cluster.{BASE}", value, 3000, T0)
+    return node
+
+
+async def get_manifest(node: Node, token: str = PEER) -> httpx.Response:
+    async with node.client() as c:
+        return await c.get("/v1/sync/cluster-manifest", headers=auth(token))
+
+
+MIXED = [
+    manifest(1),
+    manifest(5),
+    manifest(9, name="other.example"),
+    manifest(7, seed=OTHER_SEED),
+    manifest(8, exp=NOW - 10),
+    unsigned(20),
+    "not a manifest",
+    CLUSTER_PREFIX + "AAAA",
+]
+
+
+async def test_pinned_manifest_must_verify_for_the_base_domain() -> None:
+    """With DMP_SYNC_OPERATOR_SPK only signed, unexpired manifests for cluster.<base> count."""
+    node = await manifest_node(MIXED, sync_operator_spk=ed25519_public_from_seed(OP_SEED))
+    response = await get_manifest(node)
+    assert response.status_code == 200
+    assert response.json() == {
+        "wire": manifest(5),
+        "seq": 5,
+        "exp": NOW + 3600,
+        "cluster_name": BASE,
+    }
+
+
+async def test_unpinned_manifest_is_the_highest_seq_that_decodes() -> None:
+    """Without a pinned key any decodable manifest counts, as in the reference."""
+    node = await manifest_node(MIXED)
+    body = (await get_manifest(node)).json()
+    assert (body["seq"], body["wire"]) == (20, unsigned(20))
+    node = await manifest_node([manifest(1), manifest(9, name="other.example"), manifest(5)])
+    assert (await get_manifest(node)).json()["cluster_name"] == "other.example"
+
+
+@pytest.mark.parametrize(
+    ("values", "overrides"),
+    [
+        ([], {}),
+        (["junk", CLUSTER_PREFIX + "AAAA"], {}),
+        ([manifest(3, seed=OTHER_SEED)], {"sync_operator_spk": ed25519_public_from_seed(OP_SEED)}),
+    ],
+)
+async def test_no_usable_manifest_is_204(values: list[str], overrides: dict[str, Any]) -> None:
+    """Nothing stored, nothing decodable, or nothing verifying under the pin: 204, empty."""
+    response = await get_manifest(await manifest_node(values, **overrides))
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+async def test_no_base_domain_is_204() -> None:
+    """Without DMP_CLUSTER_BASE_DOMAIN there is nowhere to look."""
+    node = Node()
+    await node.store.put(f"cluster.{BASE}", manifest(1), 3000, T0)
+    assert (await get_manifest(node)).status_code == 204
+
+
+async def test_cluster_manifest_needs_the_peer_token() -> None:
+    """The manifest route is behind the same peer token."""
+    node = await manifest_node([manifest(1)])
+    response = await get_manifest(node, "wrong")
+    assert response.status_code == 403
+    assert response.json() == {"error": "forbidden"}

@@ -87,6 +87,22 @@ def test_sync_peer_token_is_read_and_kept_out_of_repr() -> None:
     assert cfg({"DMP_SYNC_PEER_TOKEN": ""}).sync_peer_token is None
 
 
+def test_sync_operator_key_and_cluster_base_domain() -> None:
+    c = cfg({"DMP_SYNC_OPERATOR_SPK": "AB" * 32, "DMP_CLUSTER_BASE_DOMAIN": "Mesh.Test."})
+
+    assert c.sync_operator_spk == b"\xab" * 32
+    assert c.cluster_base_domain == "mesh.test"
+    assert (cfg().sync_operator_spk, cfg().cluster_base_domain) == (None, None)
+
+
+@pytest.mark.parametrize("value", ["zz", "ab" * 31, "ab" * 33, "ab" * 31 + "g0"])
+def test_sync_operator_key_must_be_32_hex_bytes(value: str) -> None:
+    err = error_of({**BASE, "DMP_SYNC_OPERATOR_SPK": value})
+
+    assert err.variable == "DMP_SYNC_OPERATOR_SPK"
+    assert "64 hex digits" in err.message
+
+
 def test_check_config_masks_the_sync_peer_token(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["check-config", "--dev"], environ={**BASE, "DMP_SYNC_PEER_TOKEN": "peer-s3"})
 

@@ -255,6 +255,8 @@ def _cmd_check_config(ns: argparse.Namespace, environ: Mapping[str, str]) -> int
     for secret in ("operator_token", "sync_peer_token"):
         if data.get(secret):
             data[secret] = "<set>"
+    if data.get("sync_operator_spk"):
+        data["sync_operator_spk"] = data["sync_operator_spk"].hex()
     print(json.dumps(data, default=str, indent=1, sort_keys=True))
     return EXIT_OK
 

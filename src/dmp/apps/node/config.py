@@ -29,6 +29,13 @@ Differences from the reference, on purpose:
   registration without multi-tenant auth or a node hostname, DNS UPDATE
   without a served zone, loose and tight TSIG scope together, legacy auth
   without an operator token.
+- ``DMP_SYNC_OPERATOR_SPK`` must be 64 hex digits (the reference starts
+  with a malformed one).
+- Anti-entropy: only the serving side exists (``DMP_SYNC_PEER_TOKEN``,
+  ``DMP_SYNC_OPERATOR_SPK``, ``DMP_CLUSTER_BASE_DOMAIN``); ``DMP_SYNC_PEERS``
+  and ``DMP_SYNC_INTERVAL`` are not read yet (no pulling worker), and there
+  is no ``DMP_CLUSTER_FILE``: the manifest at ``cluster.<base>`` is whatever
+  was published there.
 - ``DMP_HTTP_TRUSTED_PROXIES`` (*dmp*): comma list of proxy addresses or
   CIDRs whose ``X-Forwarded-For`` is honoured for the per-IP HTTP limit.
 - ``DMP_DB_SYNCHRONOUS`` (*dmp*): ``NORMAL`` (default, the reference's own
@@ -145,6 +152,8 @@ class NodeConfig:
     # auth
     operator_token: str | None = attrs.field(default=None, repr=False)
     sync_peer_token: str | None = attrs.field(default=None, repr=False)
+    sync_operator_spk: bytes | None = None
+    cluster_base_domain: str | None = None
     auth_mode: AuthMode = "open"
     allow_open_public_bind: bool = False
     token_db_path: DbPath | None = None
@@ -387,6 +396,16 @@ def _text(value: str, label: str) -> str:
     return value
 
 
+def _ed25519_key(value: str, label: str) -> bytes:
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(label, f"expected 64 hex digits (an Ed25519 public key), got {value!r}")
+    return key
+
+
 def _path(value: str, label: str) -> DbPath:
     if value == MEMORY:
         return MEMORY
@@ -525,6 +544,8 @@ def load_config(
         http_trusted_proxies=src.get("DMP_HTTP_TRUSTED_PROXIES", _networks, ()),
         operator_token=operator_token,
         sync_peer_token=src.get("DMP_SYNC_PEER_TOKEN", _text, None),
+        sync_operator_spk=src.get("DMP_SYNC_OPERATOR_SPK", _ed25519_key, None),
+        cluster_base_domain=cluster_base,
         auth_mode=auth_mode,  # type: ignore[arg-type]
         allow_open_public_bind=allow_open_public,
         token_db_path=token_db,
