@@ -9,12 +9,22 @@ with, and the per-type re-verification it runs (a signed identity goes
 through, a tampered one is refused). A record published after the first
 rounds arrives too (the worker's cursor continues over our digest).
 
+Both nodes pin the same operator key and cluster base domain, so the
+reference also gossips the manifest it reads from our
+``GET /v1/sync/cluster-manifest``: it republishes it with TTL ``exp - now``,
+which a plain pull (our remaining TTL) would not give. The reference
+installs a manifest by gossip only when its seq beats every manifest it
+already stores, pulled ones included, so the test makes sure the gossip
+sees it first.
+
 Uses its own ports (DNS 15353/15354, HTTP 18080/18081), so it does not clash
 with the ``node`` fixture's 5353/80.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -23,9 +33,16 @@ from pathlib import Path
 import pytest
 from nodelib import NodeProc, http_json
 
+from dmp.domain.cluster import ClusterManifest, ClusterNode, sign_cluster
+from dmp.domain.keys import ed25519_public_from_seed
 from tests.interop.conftest import OPERATOR_TOKEN
 
 PEER_TOKEN = "interop-sync-peer-token"
+OPERATOR_SEED = hashlib.sha256(b"interop/sync/cluster-operator").digest()
+CLUSTER_ENV = {
+    "DMP_CLUSTER_BASE_DOMAIN": "mesh.test",
+    "DMP_SYNC_OPERATOR_SPK": ed25519_public_from_seed(OPERATOR_SEED).hex(),
+}
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
@@ -55,6 +72,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
             "DMP_OPERATOR_TOKEN": OPERATOR_TOKEN,
             "DMP_SYNC_PEER_TOKEN": PEER_TOKEN,
             "DMP_HTTP_RATE": "0",
+            **CLUSTER_ENV,
         },
     )
     ref = NodeProc(
@@ -70,6 +88,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
             "DMP_SYNC_INTERVAL": "1",
             "DMP_HTTP_RATE": "0",
             "DMP_LOG_LEVEL": "INFO",
+            **CLUSTER_ENV,
         },
     )
     ours.start(timeout=30)
@@ -156,4 +175,43 @@ def test_reference_node_pulls_our_records(pair: tuple[NodeProc, NodeProc]) -> No
         if max(refreshed) > 2000:
             break
         assert time.monotonic() < deadline, f"TTL not refreshed: {refreshed}"
+        time.sleep(0.2)
+
+
+def test_reference_node_gossips_our_cluster_manifest(pair: tuple[NodeProc, NodeProc]) -> None:
+    """The manifest we serve verifies at the reference, which installs it (TTL exp - now)."""
+    ours, ref = pair
+    exp = int(time.time()) + 7200
+
+    def signed(seq: int) -> str:
+        return sign_cluster(
+            ClusterManifest(
+                cluster_name="mesh.test",
+                seq=seq,
+                exp=exp,
+                operator_spk=ed25519_public_from_seed(OPERATOR_SEED),
+                nodes=(ClusterNode(node_id="dmp", http_endpoint=ours.url),),
+            ),
+            OPERATOR_SEED,
+        )
+
+    # Rows the reference pages through (1000 a tick) before it reaches the
+    # manifest in our digest, so that its gossip, which runs after the digest
+    # in each tick, sees the manifest before a pull could store it.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: publish(ours, f"f{i}.mesh.test", "filler", 600), range(3000)))
+    wire = signed(44)
+    publish(ours, "cluster.mesh.test", wire, 100)  # a pulled copy would keep ~100 s
+    ref.start(timeout=30)
+    status, body = http_json(f"{ours.url}/v1/sync/cluster-manifest", token=PEER_TOKEN)
+    assert status == 200
+    assert json.loads(body) == {"wire": wire, "seq": 44, "exp": exp, "cluster_name": "mesh.test"}
+    wire_hash = hashlib.sha256(wire.encode()).hexdigest()
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = http_json(f"{ref.url}/v1/sync/digest", token=PEER_TOKEN)
+        ttls = [r["ttl"] for r in json.loads(body)["records"] if r["hash"] == wire_hash]
+        if ttls and max(ttls) > 1000:
+            break
+        assert time.monotonic() < deadline, f"manifest not installed: {ttls}\n{ref.log_tail()}"
         time.sleep(0.2)
