@@ -257,6 +257,30 @@ async def test_digest_cursor_with_owner_only(store: RecordStore) -> None:
     assert [r.owner for r in rows] == ["b.example.com"]
 
 
+async def test_digest_moves_a_republished_row_to_its_new_time(store: RecordStore) -> None:
+    """A refresh re-stamps stored_ts_ms, so a peer past the old position sees the row again."""
+    await store.put("a.example.com", "v", 60, NOW)
+    await store.put("b.example.com", "w", 60, NOW + 1)
+    await store.put("a.example.com", "v", 600, NOW + 2)
+    rows = await store.digest((0, "", ""), 10, NOW + 2)
+    assert [(r.owner, r.stored_ts_ms, r.ttl) for r in rows] == [
+        ("b.example.com", int((NOW + 1) * 1000), 60),
+        ("a.example.com", int((NOW + 2) * 1000), 600),
+    ]
+    after_b = (rows[0].stored_ts_ms, rows[0].owner, rows[0].value_hash)
+    assert [r.owner for r in await store.digest(after_b, 10, NOW + 2)] == ["a.example.com"]
+
+
+async def test_digest_expiry_boundary_and_since_cursor(store: RecordStore) -> None:
+    """A row is gone from the digest at expires_at; (ts, "\u00ff", "g") skips every row at ts."""
+    await store.put("a.example.com", "1", 10, NOW)
+    await store.put("z.example.com", "2", 60, NOW)
+    await store.put("b.example.com", "3", 60, NOW + 1)
+    assert [r.value for r in await store.digest((0, "", ""), 10, NOW + 10)] == ["2", "3"]
+    since = (int(NOW * 1000), "\u00ff", "g")
+    assert [r.value for r in await store.digest(since, 10, NOW + 10)] == ["3"]
+
+
 async def test_count_values_ignores_other_owners(store: RecordStore) -> None:
     """count_values counts the live values of one owner only."""
     assert await store.count_values(OWNER, NOW) == 0
