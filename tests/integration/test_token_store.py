@@ -22,6 +22,7 @@ from dmp.ports.tokens import (
     TokenStore,
     TokenStoreError,
 )
+from tests.integration.filemodes import sqlite_file_modes, umask
 
 pytestmark = pytest.mark.anyio
 
@@ -218,21 +219,14 @@ async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
 
 async def test_sqlite_side_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     """Token hashes and the audit log: the -wal and -shm files are 0600 too, under umask 022."""
-    import os
-
     path = tmp_path / "tokens.db"
-    old = os.umask(0o022)
-    try:
+    with umask(0o022):
         store = await SqliteTokenStore.open(path)
         try:
             await store.add(_token("side"))
-            files = [path, tmp_path / "tokens.db-wal", tmp_path / "tokens.db-shm"]
-            assert all(f.exists() for f in files)
-            assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"}
+            assert sqlite_file_modes(path) == {"0o600"}
         finally:
             await store.aclose()
-    finally:
-        os.umask(old)
 
 
 async def test_sqlite_open_fails_cleanly(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from dmp.adapters.memory_store import MemoryTsigKeyStore
 from dmp.adapters.sqlite_store import SqliteTsigKeyStore
 from dmp.ports.store import StoreUnavailable, TsigKey, TsigKeyStore
+from tests.integration.filemodes import sqlite_file_modes, umask
 
 pytestmark = pytest.mark.anyio
 
@@ -235,18 +236,11 @@ async def test_sqlite_generation_checks_other_writers_at_most_every_interval(
 
 async def test_sqlite_key_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     """TSIG secrets: a new database and its -wal and -shm are created 0600 under umask 022."""
-    import os
-
     path = tmp_path / "tsig.db"
-    old = os.umask(0o022)
-    try:
+    with umask(0o022):
         store = await SqliteTsigKeyStore.open(path)
         try:
             await store.put(make_key("alice"))
-            files = [path, tmp_path / "tsig.db-wal", tmp_path / "tsig.db-shm"]
-            assert all(f.exists() for f in files)
-            assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"}
+            assert sqlite_file_modes(path) == {"0o600"}
         finally:
             await store.aclose()
-    finally:
-        os.umask(old)
