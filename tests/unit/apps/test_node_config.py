@@ -103,6 +103,96 @@ def test_sync_operator_key_must_be_32_hex_bytes(value: str) -> None:
     assert "64 hex digits" in err.message
 
 
+def test_sync_peers_interval_and_self_endpoint() -> None:
+    c = cfg(
+        {
+            "DMP_SYNC_PEER_TOKEN": "t",
+            "DMP_SYNC_PEERS": " http://10.0.0.2:8053/ , https://b.example.com,,http://[::1]:9/x ",
+            "DMP_SYNC_INTERVAL": "2.5",
+        }
+    )
+
+    assert c.sync_peers == ("http://10.0.0.2:8053", "https://b.example.com", "http://[::1]:9/x")
+    assert c.sync_interval_s == 2.5
+    assert c.sync_worker_enabled
+    assert cfg({"DMP_SYNC_INTERVAL_SECONDS": "7"}).sync_interval_s == 7.0
+    assert (cfg().sync_peers, cfg().sync_interval_s) == ((), 10.0)
+    # the worker needs both a token and a peer, as in the reference
+    assert not cfg({"DMP_SYNC_PEERS": "http://a:1"}).sync_worker_enabled
+    assert not cfg({"DMP_SYNC_PEER_TOKEN": "t"}).sync_worker_enabled
+    # our own URL is filtered out of the peer list
+    own = cfg(
+        {
+            "DMP_SYNC_PEERS": "http://a:1,HTTP://Me:8053/",
+            "DMP_SYNC_SELF_ENDPOINT": "http://me:8053",
+        }
+    )
+    assert own.sync_peers == ("http://a:1",)
+    assert own.sync_self_endpoint == "http://me:8053"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["10.0.0.2:8053", "ftp://a", "http://", "http://a:99999", "http://a/?q=1", "http://a b"],
+)
+def test_sync_peers_must_be_http_urls(value: str) -> None:
+    err = error_of({**BASE, "DMP_SYNC_PEERS": f"http://ok:1,{value}"})
+
+    assert err.variable == "DMP_SYNC_PEERS"
+    assert "http:// or https://" in err.message
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_sync_interval_must_be_positive(value: str) -> None:
+    assert error_of({**BASE, "DMP_SYNC_INTERVAL": value}).variable == "DMP_SYNC_INTERVAL"
+
+
+def test_bad_sync_peers_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["check-config", "--dev"], environ={**BASE, "DMP_SYNC_PEERS": "nope"})
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert err.startswith("dmp-node: DMP_SYNC_PEERS: ")
+
+
+def test_unimplemented_reference_variables_are_listed() -> None:
+    c = cfg(
+        {
+            "DMP_HEARTBEAT_ENABLED": "1",
+            "DMP_HEARTBEAT_SEEDS": "a.example",
+            "DMP_NODE_ID": "n1",
+            "DMP_CLUSTER_FILE": "/etc/dmp/cluster.json",
+            "DMP_CLUSTER_MANIFEST_PATH": "",
+            "DMP_SYNC_PEERS": "http://a:1",
+        }
+    )
+
+    assert c.unimplemented_variables == (
+        "DMP_CLUSTER_FILE",
+        "DMP_HEARTBEAT_ENABLED",
+        "DMP_HEARTBEAT_SEEDS",
+        "DMP_NODE_ID",
+    )
+    assert cfg().unimplemented_variables == ()
+
+
+def test_unimplemented_variables_are_logged_in_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dmp.apps.node.service import log_unimplemented
+
+    with caplog.at_level("WARNING", logger="dmp.node"):
+        log_unimplemented(cfg({"DMP_NODE_ID": "n1", "DMP_HEARTBEAT_ENABLED": "1"}))
+        log_unimplemented(cfg())
+
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == (
+        "set but not implemented by dmp-node (ignored): DMP_HEARTBEAT_ENABLED, DMP_NODE_ID"
+    )
+
+
 def test_check_config_masks_the_sync_peer_token(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["check-config", "--dev"], environ={**BASE, "DMP_SYNC_PEER_TOKEN": "peer-s3"})
 

@@ -31,11 +31,17 @@ Differences from the reference, on purpose:
   without an operator token.
 - ``DMP_SYNC_OPERATOR_SPK`` must be 64 hex digits (the reference starts
   with a malformed one).
-- Anti-entropy: only the serving side exists (``DMP_SYNC_PEER_TOKEN``,
-  ``DMP_SYNC_OPERATOR_SPK``, ``DMP_CLUSTER_BASE_DOMAIN``); ``DMP_SYNC_PEERS``
-  and ``DMP_SYNC_INTERVAL`` are not read yet (no pulling worker), and there
-  is no ``DMP_CLUSTER_FILE``: the manifest at ``cluster.<base>`` is whatever
-  was published there.
+- Anti-entropy: ``DMP_SYNC_PEERS`` must be a comma list of ``http://`` or
+  ``https://`` base URLs (the reference accepts anything and fails later);
+  the pulling worker runs when ``DMP_SYNC_PEER_TOKEN`` and at least one peer
+  (other than ``DMP_SYNC_SELF_ENDPOINT``) are set. There is no
+  ``DMP_CLUSTER_FILE`` and no manifest gossip: the manifest at
+  ``cluster.<base>`` is whatever was published or pulled there, and the peer
+  set is ``DMP_SYNC_PEERS``.
+- Reference variables this node does not implement (``DMP_CLUSTER_FILE``,
+  ``DMP_NODE_ID``, ``DMP_HEARTBEAT_*``) are listed in
+  :attr:`NodeConfig.unimplemented_variables` when set, and the daemon logs
+  them in one warning line at startup.
 - ``DMP_HTTP_TRUSTED_PROXIES`` (*dmp*): comma list of proxy addresses or
   CIDRs whose ``X-Forwarded-For`` is honoured for the per-IP HTTP limit.
 - ``DMP_DB_SYNCHRONOUS`` (*dmp*): ``NORMAL`` (default, the reference's own
@@ -54,6 +60,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Literal, TypeVar, cast
@@ -64,11 +71,13 @@ __all__ = [
     "AUTH_MODES",
     "FLAGS",
     "LOG_FORMATS",
+    "UNIMPLEMENTED_VARIABLES",
     "ConfigError",
     "NodeConfig",
     "load_config",
     "sibling_path",
     "store_paths",
+    "unimplemented_variables",
 ]
 
 AuthMode = Literal["open", "legacy", "multi-tenant"]
@@ -154,6 +163,10 @@ class NodeConfig:
     sync_peer_token: str | None = attrs.field(default=None, repr=False)
     sync_operator_spk: bytes | None = None
     cluster_base_domain: str | None = None
+    # anti-entropy (pull side)
+    sync_peers: tuple[str, ...] = ()
+    sync_interval_s: float = 10.0
+    sync_self_endpoint: str | None = None
     auth_mode: AuthMode = "open"
     allow_open_public_bind: bool = False
     token_db_path: DbPath | None = None
@@ -190,6 +203,7 @@ class NodeConfig:
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     dev: bool = False
+    unimplemented_variables: tuple[str, ...] = ()
 
     @property
     def in_memory(self) -> bool:
@@ -200,6 +214,11 @@ class NodeConfig:
     def claim_provider_active(self) -> bool:
         """The M8.3 claim-provider role is on and can work (zone + UPDATE)."""
         return self.claim_provider and self.served_zone is not None and self.dns_update_enabled
+
+    @property
+    def sync_worker_enabled(self) -> bool:
+        """The anti-entropy worker runs: a peer token and at least one peer."""
+        return bool(self.sync_peer_token) and bool(self.sync_peers)
 
     @property
     def token_store_needed(self) -> bool:
@@ -406,6 +425,61 @@ def _ed25519_key(value: str, label: str) -> bytes:
     return key
 
 
+def _peer_url(item: str, label: str) -> str:
+    """One ``http(s)://host[:port][/path]`` base URL, without its trailing slash."""
+    try:
+        parts = urllib.parse.urlsplit(item)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        parts, port_ok = None, False
+    if (
+        parts is None
+        or not port_ok
+        or parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or any(ch.isspace() for ch in item)
+    ):
+        raise ConfigError(
+            label,
+            f"expected http:// or https:// base URLs such as http://10.0.0.2:8053, got {item!r}",
+        )
+    return item.rstrip("/")
+
+
+def _peer_urls(value: str, label: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in (v.strip() for v in value.split(",")):
+        if item:
+            url = _peer_url(item, label)
+            if url not in out:
+                out.append(url)
+    return tuple(out)
+
+
+#: Node variables the reference reads that this node does not (behaviour.md §c);
+#: a name ending in ``_`` stands for every variable with that prefix.
+UNIMPLEMENTED_VARIABLES: Final = (
+    "DMP_CLUSTER_FILE",
+    "DMP_CLUSTER_MANIFEST_PATH",
+    "DMP_NODE_ID",
+    "DMP_HEARTBEAT_",
+)
+
+
+def unimplemented_variables(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The reference node's variables set (non-empty) in ``environ`` that this node ignores, sorted."""
+    found = set()
+    for name, value in environ.items():
+        if not value.strip():
+            continue
+        for known in UNIMPLEMENTED_VARIABLES:
+            if name == known or (known.endswith("_") and name.startswith(known)):
+                found.add(name)
+    return tuple(sorted(found))
+
+
 def _path(value: str, label: str) -> DbPath:
     if value == MEMORY:
         return MEMORY
@@ -519,6 +593,13 @@ def load_config(
     token_db = src.get("DMP_TOKEN_DB_PATH", _path, default_token_db)
     tsig_db = src.get("DMP_TSIG_DB_PATH", _path, default_tsig_db)
 
+    sync_self = src.get("DMP_SYNC_SELF_ENDPOINT", _peer_url, None)
+    sync_peers = tuple(
+        url
+        for url in src.get("DMP_SYNC_PEERS", _peer_urls, ())
+        if sync_self is None or url.lower() != sync_self.lower()
+    )
+
     cfg = NodeConfig(
         db_path=db_path,
         db_synchronous=cast(
@@ -546,6 +627,11 @@ def load_config(
         sync_peer_token=src.get("DMP_SYNC_PEER_TOKEN", _text, None),
         sync_operator_spk=src.get("DMP_SYNC_OPERATOR_SPK", _ed25519_key, None),
         cluster_base_domain=cluster_base,
+        sync_peers=sync_peers,
+        sync_interval_s=src.get(
+            "DMP_SYNC_INTERVAL", _positive_float, 10.0, "DMP_SYNC_INTERVAL_SECONDS"
+        ),
+        sync_self_endpoint=sync_self,
         auth_mode=auth_mode,  # type: ignore[arg-type]
         allow_open_public_bind=allow_open_public,
         token_db_path=token_db,
@@ -582,6 +668,7 @@ def load_config(
         log_level=src.get("DMP_LOG_LEVEL", _log_level, "INFO"),
         log_format=src.get("DMP_LOG_FORMAT", _choice(LOG_FORMATS), "text"),  # type: ignore[arg-type]
         dev=dev,
+        unimplemented_variables=unimplemented_variables(env),
     )
     _check_consistency(cfg, src)
     return cfg

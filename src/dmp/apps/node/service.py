@@ -10,6 +10,9 @@ and the HTTP app. Tests and simulations pass their own fakes instead.
 * the DNS server (UDP and TCP on one port),
 * the HTTP API (Quart app on hypercorn),
 * the expiry sweep (every ``DMP_CLEANUP_INTERVAL``, first run after one interval),
+* the anti-entropy worker (:mod:`dmp.apps.node.sync`; every ``DMP_SYNC_INTERVAL``,
+  first tick after one interval) when ``DMP_SYNC_PEER_TOKEN`` and ``DMP_SYNC_PEERS``
+  are set,
 * a signal watcher: SIGTERM or SIGINT starts a graceful stop.
 
 Startup logs one ``listening`` line per bound socket with the real port (port
@@ -40,7 +43,7 @@ from dmp.apps.node.config import MEMORY, ConfigError, NodeConfig
 from dmp.ports.clock import Clock
 from dmp.ports.store import RecordStore, TsigKeyStore
 
-__all__ = ["Node", "StartupError", "build_node", "run_node", "serve"]
+__all__ = ["Node", "StartupError", "build_node", "log_unimplemented", "run_node", "serve"]
 
 log = logging.getLogger("dmp.node")
 
@@ -65,6 +68,7 @@ class Node:
         tokens: bearer-token store (also the audit log), or None when not needed.
         dns_handler: the DNS request handler (wire in, wire out).
         http_app: the ASGI app.
+        sync_worker: the anti-entropy worker, or None when it does not run.
         bound: ``{"dns": (host, port), "http": (host, port)}`` once listening.
     """
 
@@ -75,6 +79,7 @@ class Node:
     tokens: Any = None
     dns_handler: Any = None
     http_app: Any = None
+    sync_worker: Any = None
     bound: dict[str, tuple[str, int]] = attrs.Factory(dict)
     started_at: float = attrs.Factory(time.monotonic)
     _closers: list[Callable[[], Awaitable[None]]] = attrs.Factory(list)
@@ -139,6 +144,9 @@ async def build_node(
                 tokens = await _open_token_store(config)
                 node._closers.append(tokens.aclose)
             node.tokens = tokens
+        if config.sync_worker_enabled:
+            node.sync_worker = _build_sync_worker(node)
+            node._closers.append(node.sync_worker.aclose)
         node.dns_handler = _build_dns_handler(node)
         node.http_app = _build_http_app(node)
     except BaseException:
@@ -203,6 +211,24 @@ def _copy_fields(cls: Any, source: object, **extra: Any) -> Any:
     return cls(**values)
 
 
+def _build_sync_worker(node: Node) -> Any:
+    """The anti-entropy worker over HTTP peers (DMP_SYNC_PEERS, DMP_SYNC_PEER_TOKEN)."""
+    from dmp.adapters.http_sync_client import HttpSyncPeer
+    from dmp.apps.node.sync import SyncWorker
+
+    cfg = node.config
+    assert cfg.sync_peer_token is not None
+    peers = [HttpSyncPeer(url, cfg.sync_peer_token) for url in cfg.sync_peers]
+    return SyncWorker(
+        node.store,
+        node.clock,
+        peers,
+        interval=cfg.sync_interval_s,
+        operator_spk=cfg.sync_operator_spk,
+        max_values_per_name=cfg.max_values_per_name,
+    )
+
+
 def _build_dns_handler(node: Node) -> Any:
     """The authoritative DNS logic over the node's store and TSIG keystore."""
     from dmp.apps.node.dns_handler import DnsConfig, DnsHandler
@@ -216,6 +242,8 @@ class _Metrics:
 
     @staticmethod
     def create(node: Node) -> Any:
+        from prometheus_client import Counter
+
         from dmp.adapters.http_api import NodeMetrics
 
         class SyncedMetrics(NodeMetrics):
@@ -224,6 +252,13 @@ class _Metrics:
             def __init__(self) -> None:
                 super().__init__()
                 self._seen: dict[str, int] = {}
+                self._sync_seen: dict[str, int] = {}
+                self.sync_values = Counter(
+                    "dmp_sync_values",
+                    "Anti-entropy outcomes by kind (stored, refused, bad_row, missing, peer_error)",
+                    ["outcome"],
+                    registry=self.registry,
+                )
 
             def sync(self) -> None:
                 handler = node.dns_handler
@@ -236,6 +271,13 @@ class _Metrics:
                     if delta > 0:
                         self.dns_queries.labels(outcome=outcome).inc(delta)
                         self._seen[outcome] = total
+                worker = node.sync_worker
+                if worker is not None:
+                    for outcome, total in dict(worker.counters).items():
+                        delta = total - self._sync_seen.get(outcome, 0)
+                        if delta > 0:
+                            self.sync_values.labels(outcome=outcome).inc(delta)
+                            self._sync_seen[outcome] = total
 
             def render(self) -> bytes:
                 self.sync()
@@ -388,6 +430,16 @@ async def run_node(
                 extra={"service": "http", "host": cfg.http_host, "port": http_port},
             )
             tg.start_soon(_sweep_worker, node)
+            if node.sync_worker is not None:
+                tg.start_soon(node.sync_worker.run)
+                log.info(
+                    "anti-entropy: %d peer(s) every %gs: %s",
+                    len(cfg.sync_peers),
+                    cfg.sync_interval_s,
+                    ", ".join(cfg.sync_peers),
+                )
+            elif cfg.sync_peers:
+                log.warning("anti-entropy: DMP_SYNC_PEERS is set but DMP_SYNC_PEER_TOKEN is not")
             log.info(
                 "ready",
                 extra={"startup_ms": round((time.monotonic() - node.started_at) * 1000)},
@@ -416,8 +468,20 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def log_unimplemented(config: NodeConfig) -> None:
+    """One warning line naming the reference variables that are set but ignored here."""
+    if config.unimplemented_variables:
+        log.warning(
+            "set but not implemented by dmp-node (ignored): %s",
+            ", ".join(config.unimplemented_variables),
+            extra={"variables": list(config.unimplemented_variables)},
+        )
+
+
 async def _main(config: NodeConfig) -> None:
     from dmp.adapters.clock import SystemClock
+
+    log_unimplemented(config)
 
     node = await build_node(config, clock=SystemClock())
     async with anyio.create_task_group() as tg:

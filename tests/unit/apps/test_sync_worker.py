@@ -1,0 +1,338 @@
+"""The anti-entropy worker (pull side) against in-memory fake peers, on a SimClock (wire.md §9)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dmp.adapters.http_sync import digest_body, pull_body
+from dmp.adapters.memory_store import MemoryRecordStore
+from dmp.adapters.sim import SimClock
+from dmp.apps.node.sync import SyncWorker
+from dmp.domain.sync import SyncCursor, value_hash
+from dmp.ports.sync import DigestPage, PulledValue, SyncPeer
+from dmp.ports.transport import PeerUnreachable
+
+pytestmark = pytest.mark.anyio
+
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
+
+
+def identity() -> tuple[str, str]:
+    """A signed identity record from the golden vectors: (owner, TXT value)."""
+    record = json.loads((GOLDEN / "identity.json").read_text())["records"][0]
+    return record["owner_hashed"].lower(), record["wire"]
+
+
+def tampered(wire: str) -> str:
+    i = len(wire) - 10
+    return wire[:i] + ("A" if wire[i] != "A" else "B") + wire[i + 1 :]
+
+
+class FakePeer:
+    """A peer node: its own memory store, answered with the server's own body builders."""
+
+    def __init__(self, endpoint: str, clock: SimClock) -> None:
+        self.endpoint = endpoint
+        self.clock = clock
+        self.store = MemoryRecordStore()
+        self.digest_calls: list[str] = []
+        self.pull_calls: list[list[str]] = []
+        self.fail: Exception | None = None
+        self.fail_pull_of: set[str] = set()
+        self.substitute: dict[str, str] = {}
+        self.closed = False
+
+    async def put(self, owner: str, value: str, ttl: int) -> None:
+        self.clock.advance(0.001)  # distinct stored_ts per row
+        await self.store.put(owner, value, ttl, self.clock.now())
+
+    async def digest(self, cursor: str, limit: int) -> DigestPage:
+        self.digest_calls.append(cursor)
+        if self.fail is not None:
+            raise self.fail
+        now = self.clock.now()
+        parsed = SyncCursor.parse_server(cursor)
+        after = (parsed.stored_ts_ms, parsed.owner, parsed.value_hash)
+        rows = await self.store.digest(after, limit + 1, now)
+        body = digest_body(rows, parsed, limit, now)
+        return DigestPage(tuple(body["records"]), bool(body["has_more"]), body["next_cursor"])  # type: ignore[arg-type]
+
+    async def pull(self, names: Sequence[str]) -> list[PulledValue]:
+        self.pull_calls.append(list(names))
+        if self.fail is not None:
+            raise self.fail
+        if self.fail_pull_of & set(names):
+            raise PeerUnreachable("pull failed")
+        now = self.clock.now()
+        rows = [row for name in names for row in await self.store.get(name, now)]
+        out = [
+            PulledValue(r["name"], r["value"], r["ttl"]) for r in pull_body(rows, now)["records"]
+        ]  # type: ignore[attr-defined]
+        return [PulledValue(p.owner, self.substitute.get(p.value, p.value), p.ttl) for p in out]
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def worker(
+    store: MemoryRecordStore,
+    clock: SimClock,
+    *peers: FakePeer,
+    page_limit: int = 1000,
+    **kw: object,
+) -> SyncWorker:
+    ps: list[SyncPeer] = list(peers)
+    return SyncWorker(store, clock, ps, interval=10, page_limit=page_limit, **kw)  # type: ignore[arg-type]
+
+
+async def held(store: MemoryRecordStore, owner: str, clock: SimClock) -> set[str]:
+    return {r.value for r in await store.get(owner, clock.now())}
+
+
+async def test_pulls_missing_values_with_the_advertised_ttl() -> None:
+    clock = SimClock()
+    peer = FakePeer("http://a", clock)
+    owner, wire = identity()
+    await peer.put(owner, wire, 600)
+    await peer.put("www.mesh.test", "hello", 300)
+    await peer.put("www.mesh.test", "v=spf1 -all", 300)
+    ours = MemoryRecordStore()
+    clock.advance(100)
+    report = await worker(ours, clock, peer).tick()
+    assert (report.stored, report.refused, report.planned) == (3, 0, 3)
+    assert await held(ours, owner, clock) == {wire}
+    assert await held(ours, "www.mesh.test", clock) == {"hello", "v=spf1 -all"}
+    [row] = await ours.get(owner, clock.now())
+    assert 499 <= row.remaining_ttl(clock.now()) <= 500  # the peer's remaining TTL, not 600
+
+
+async def test_pages_are_followed_and_the_watermark_resumes() -> None:
+    clock = SimClock()
+    peer = FakePeer("http://a", clock)
+    for i in range(25):
+        await peer.put(f"n{i:02d}.mesh.test", f"row {i}", 600)
+    ours = MemoryRecordStore()
+    w = worker(ours, clock, peer, page_limit=10, max_pages=2)
+    first = await w.tick()
+    assert (first.pages, first.stored) == (2, 20)
+    assert await held(ours, "n19.mesh.test", clock) == {"row 19"}
+    assert await held(ours, "n20.mesh.test", clock) == set()
+    mark = w.watermark("http://a").cursor
+    assert mark.owner == "n19.mesh.test"
+    second = await w.tick()
+    assert peer.digest_calls[2] == mark.to_text()  # resumes from our watermark
+    assert second.stored == 5
+    third = await w.tick()
+    assert (third.rows, third.planned) == (0, 0)
+    # a later write on the peer arrives on a later tick, pulled alone
+    await peer.put("late.mesh.test", "late", 600)
+    peer.pull_calls.clear()
+    assert (await w.tick()).stored == 1
+    assert peer.pull_calls == [["late.mesh.test"]]
+
+
+async def test_a_failed_entry_holds_the_watermark_but_later_entries_are_pulled() -> None:
+    clock = SimClock()
+    peer = FakePeer("http://a", clock)
+    await peer.put("a.mesh.test", "first", 600)
+    await peer.put("b.mesh.test", "second", 600)
+    await peer.put("c.mesh.test", "third", 600)
+    ours = MemoryRecordStore()
+    w = worker(ours, clock, peer, page_limit=2)
+    peer.substitute = {"second": "something else"}  # b's value does not match its hash
+    report = await w.tick()
+    # page 1 (a, b): a stored, b not returned; the watermark moved to a, so page 2 (b, c)
+    # is read: b again not returned, c stored; the watermark did not move: stop
+    assert (report.pages, report.stored, report.missing) == (2, 2, 2)
+    assert await held(ours, "b.mesh.test", clock) == set()  # hash mismatch: dropped
+    assert await held(ours, "c.mesh.test", clock) == {"third"}
+    assert w.watermark("http://a").cursor.owner == "a.mesh.test"
+    # next tick: b is retried from the watermark
+    peer.substitute = {}
+    report = await w.tick()
+    assert (report.stored, report.missing) == (1, 0)
+    assert await held(ours, "b.mesh.test", clock) == {"second"}
+    assert w.watermark("http://a").cursor.owner == "c.mesh.test"
+
+
+async def test_later_entries_of_the_same_page_are_stored_past_a_failure() -> None:
+    clock = SimClock()
+    peer = FakePeer("http://a", clock)
+    await peer.put("a.mesh.test", "first", 600)
+    await peer.put("b.mesh.test", "second", 600)
+    await peer.put("c.mesh.test", "third", 600)
+    ours = MemoryRecordStore()
+    w = worker(ours, clock, peer)
+    peer.substitute = {"second": "forged"}
+    await w.tick()
+    assert await held(ours, "c.mesh.test", clock) == {"third"}
+    assert w.watermark("http://a").cursor.owner == "a.mesh.test"
+    peer.substitute = {}
+    peer.pull_calls.clear()
+    await w.tick()
+    assert peer.pull_calls == [["b.mesh.test"]]  # c is held already: not pulled again
+    assert w.watermark("http://a").cursor.owner == "c.mesh.test"
+
+
+async def test_forged_and_unknown_records_are_refused_for_good() -> None:
+    clock = SimClock()
+    peer = FakePeer("http://a", clock)
+    _, wire = identity()
+    await peer.put("id-00000000000000ff.mesh.test", tampered(wire), 600)
+    await peer.put("slot-1.mb-0123456789ab.mesh.test", "not a dmp record", 600)
+    await peer.put("x.mesh.test", "v=dmp1;t=heartbeat;whatever", 600)
+    ours = MemoryRecordStore()
+    w = worker(ours, clock, peer)
+    report = await w.tick()
+    assert (report.stored, report.refused, report.missing) == (0, 3, 0)
+    assert await ours.count() == 0
+    # refused rows count as handled: the watermark moved over all three
+    assert w.watermark("http://a").cursor.owner == "x.mesh.test"
+    assert w.counters["refused"] == 3
+
+
+async def test_ttl_refresh_is_pulled_only_beyond_five_seconds() -> None:
+    clock = SimClock()
+    peer = FakePeer("http://a", clock)
+    await peer.put("www.mesh.test", "hello", 600)
+    ours = MemoryRecordStore()
+    w = worker(ours, clock, peer)
+    await w.tick()
+    clock.advance(100)
+    # our copy: 500 s left. A republish at 604 s is not worth a pull (< 5 s more)...
+    await ours.put("www.mesh.test", "hello", 500, clock.now())
+    await peer.put("www.mesh.test", "hello", 504)
+    assert (await w.tick()).planned == 0
+    # ... one at 3000 s is
+    await peer.put("www.mesh.test", "hello", 3000)
+    report = await w.tick()
+    assert (report.planned, report.stored) == (1, 1)
+    [row] = await ours.get("www.mesh.test", clock.now())
+    assert row.remaining_ttl(clock.now()) >= 2999
+
+
+async def test_bad_digest_rows_are_skipped() -> None:
+    clock = SimClock()
+
+    class Lying(FakePeer):
+        async def digest(self, cursor: str, limit: int) -> DigestPage:
+            page = await super().digest(cursor, limit)
+            bad = [
+                {"name": "bad name!", "hash": "0" * 64, "ts": 1, "ttl": 5},
+                {"name": "x.test", "hash": "XYZ", "ts": 1, "ttl": 5},
+                {"name": "x.test", "hash": "0" * 64, "ts": 10**15, "ttl": 5},
+                "not an object",
+            ]
+            return DigestPage((*bad, *page.records), page.has_more, page.next_cursor)
+
+    peer = Lying("http://a", clock)
+    await peer.put("ok.mesh.test", "fine", 600)
+    ours = MemoryRecordStore()
+    report = await worker(ours, clock, peer).tick()
+    assert (report.bad_rows, report.stored) == (4, 1)
+
+
+async def test_one_peer_failing_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    clock = SimClock()
+    a, b = FakePeer("http://a", clock), FakePeer("http://b", clock)
+    a.fail = PeerUnreachable("connection refused")
+    await b.put("b.mesh.test", "from b", 600)
+    ours = MemoryRecordStore()
+    w = worker(ours, clock, a, b)
+    with caplog.at_level(logging.WARNING, logger="dmp.node.sync"):
+        first = await w.tick()
+    assert first.peer == "http://a"
+    assert first.error is not None
+    assert "http://a" in caplog.text
+    assert "connection refused" in caplog.text
+    second = await w.tick()
+    assert (second.peer, second.stored) == ("http://b", 1)
+    assert (await w.tick()).peer == "http://a"  # round-robin
+    assert w.counters["peer_error"] == 2
+
+
+async def test_a_failed_pull_keeps_the_watermark_and_is_retried() -> None:
+    clock = SimClock()
+    peer = FakePeer("http://a", clock)
+    await peer.put("a.mesh.test", "x", 600)
+    ours = MemoryRecordStore()
+    w = worker(ours, clock, peer)
+    peer.fail_pull_of = {"a.mesh.test"}
+    report = await w.tick()
+    assert report.error is not None
+    assert w.watermark("http://a").cursor == SyncCursor()
+    peer.fail_pull_of = set()
+    assert (await w.tick()).stored == 1
+
+
+async def test_pull_requests_carry_at_most_256_names() -> None:
+    clock = SimClock()
+    peer = FakePeer("http://a", clock)
+    for i in range(300):
+        await peer.put(f"n{i}.mesh.test", "v", 600)
+    ours = MemoryRecordStore()
+    await worker(ours, clock, peer).tick()
+    assert [len(c) for c in peer.pull_calls] == [256, 44]
+    assert await ours.count() == 300
+
+
+async def test_run_ticks_every_interval_first_after_one_interval() -> None:
+    clock = SimClock()
+    a, b = FakePeer("http://a", clock), FakePeer("http://b", clock)
+    w = worker(MemoryRecordStore(), clock, a, b)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(w.run)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(9.9)
+        await anyio.wait_all_tasks_blocked()
+        assert (a.digest_calls, b.digest_calls) == ([], [])
+        clock.advance(0.1)
+        await anyio.wait_all_tasks_blocked()
+        assert (len(a.digest_calls), len(b.digest_calls)) == (1, 0)
+        clock.advance(10)
+        await anyio.wait_all_tasks_blocked()
+        assert (len(a.digest_calls), len(b.digest_calls)) == (1, 1)
+        tg.cancel_scope.cancel()
+    await w.aclose()
+    assert a.closed
+    assert b.closed
+
+
+async def test_cluster_records_verify_against_the_pinned_operator_key() -> None:
+    import hashlib
+
+    from dmp.domain.cluster import ClusterManifest, ClusterNode, sign_cluster
+    from dmp.domain.keys import ed25519_public_from_seed
+
+    clock = SimClock()
+    seed = hashlib.sha256(b"unit/sync/operator").digest()
+    other = hashlib.sha256(b"unit/sync/someone-else").digest()
+
+    def manifest(signer: bytes, seq: int) -> str:
+        return sign_cluster(
+            ClusterManifest(
+                cluster_name="mesh.test",
+                seq=seq,
+                exp=int(clock.now()) + 3600,
+                operator_spk=ed25519_public_from_seed(signer),
+                nodes=(ClusterNode(node_id="a", http_endpoint="http://a"),),
+            ),
+            signer,
+        )
+
+    peer = FakePeer("http://a", clock)
+    good, rogue = manifest(seed, 1), manifest(other, 2)
+    await peer.put("cluster.mesh.test", good, 600)
+    await peer.put("cluster.mesh.test", rogue, 600)
+    ours = MemoryRecordStore()
+    w = worker(ours, clock, peer, operator_spk=ed25519_public_from_seed(seed))
+    report = await w.tick()
+    assert (report.stored, report.refused) == (1, 1)
+    assert await held(ours, "cluster.mesh.test", clock) == {good}
+    assert value_hash(good) != value_hash(rogue)
