@@ -1,4 +1,6 @@
-"""Anti-entropy: the reference node's AntiEntropyWorker pulls records from our dmp-node.
+"""Anti-entropy between our dmp-node and the reference node, in both directions.
+
+``test_reference_node_*``: the reference node's AntiEntropyWorker pulls records from our dmp-node.
 
 The reference is configured as a cluster peer of our node
 (``DMP_SYNC_PEERS=<our URL>``, the same ``DMP_SYNC_PEER_TOKEN``,
@@ -16,6 +18,15 @@ which a plain pull (our remaining TTL) would not give. The reference
 installs a manifest by gossip only when its seq beats every manifest it
 already stores, pulled ones included, so the test makes sure the gossip
 sees it first.
+
+``test_our_node_*``: the other way round. Our node's worker
+(``DMP_SYNC_PEERS=<reference URL>``, ``DMP_SYNC_INTERVAL=1``) pulls through
+the reference's ``/v1/sync/digest`` and ``/v1/sync/pull``: it reads the
+reference's digest shape and cursors, keeps what re-verifies (a signed
+identity, plain text at an ordinary owner, a cluster manifest signed by the
+pinned operator key), refuses a forged identity and a manifest signed by
+another key, follows later writes and TTL refreshes; and with the two nodes
+peered with each other, a write on either one reaches the other.
 
 Uses its own ports (DNS 15353/15354, HTTP 18080/18081), so it does not clash
 with the ``node`` fixture's 5353/80.
@@ -100,6 +111,54 @@ def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
         assert rc == 0, f"dmp-node exit code {rc}: {ours.log_tail()}"
 
 
+@pytest.fixture
+def mutual(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
+    """Our node and a reference node, each a sync peer of the other (not yet started)."""
+    common = {
+        "DMP_OPERATOR_TOKEN": OPERATOR_TOKEN,
+        "DMP_SYNC_PEER_TOKEN": PEER_TOKEN,
+        "DMP_SYNC_INTERVAL": "1",
+        "DMP_HTTP_RATE": "0",
+        "DMP_LOG_LEVEL": "INFO",
+        **CLUSTER_ENV,
+    }
+    ours = NodeProc(
+        "dmp",
+        "mutual-dmp",
+        tmp_path,
+        dns_port=15353,
+        http_port=18080,
+        env={**common, "DMP_SYNC_PEERS": "http://127.0.0.1:18081"},
+    )
+    ref = NodeProc(
+        "ref",
+        "mutual-ref",
+        tmp_path,
+        dns_port=15354,
+        http_port=18081,
+        env={**common, "DMP_SYNC_PEERS": "http://127.0.0.1:18080"},
+    )
+    try:
+        yield ours, ref
+    finally:
+        ref.stop()
+        rc = ours.stop()
+        assert rc in (0, None), f"dmp-node exit code {rc}: {ours.log_tail()}"
+
+
+def _manifest(seed: bytes, seq: int, endpoint: str) -> str:
+    return sign_cluster(
+        ClusterManifest(
+            cluster_name="mesh.test",
+            seq=seq,
+            exp=int(time.time()) + 7200,
+            operator_spk=ed25519_public_from_seed(seed),
+            nodes=(ClusterNode(node_id="n1", http_endpoint=endpoint),),
+        ),
+        seed,
+    )
+
+
 def publish(node: NodeProc, owner: str, value: str, ttl: int) -> None:
     status, body = http_json(
         f"{node.url}/v1/records/{owner}", "POST", {"value": value, "ttl": ttl}, OPERATOR_TOKEN
@@ -112,6 +171,23 @@ def values_at(node: NodeProc, owner: str) -> set[str]:
     return set(json.loads(body)["values"]) if status == 200 else set()
 
 
+def digest_ttls(node: NodeProc) -> dict[tuple[str, str], int]:
+    """``(name, hash) -> remaining ttl`` over the node's whole digest (bounded paging)."""
+    out: dict[tuple[str, str], int] = {}
+    cursor = "0::"
+    for _ in range(100):
+        status, body = http_json(
+            f"{node.url}/v1/sync/digest?cursor={cursor}&limit=1000", token=PEER_TOKEN
+        )
+        assert status == 200, body
+        page = json.loads(body)
+        out.update({(r["name"], r["hash"]): r["ttl"] for r in page["records"]})
+        if not page["has_more"]:
+            return out
+        cursor = page["next_cursor"]
+    raise AssertionError("digest did not end in 100 pages")
+
+
 def wait_for(node: NodeProc, expected: dict[str, set[str]], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -119,7 +195,9 @@ def wait_for(node: NodeProc, expected: dict[str, set[str]], timeout: float = 30.
         if got == expected:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"reference holds {got}, expected {expected}:\n{node.log_tail()}")
+            raise AssertionError(
+                f"{node.kind} node holds {got}, expected {expected}:\n{node.log_tail()}"
+            )
         time.sleep(0.2)
 
 
@@ -215,3 +293,72 @@ def test_reference_node_gossips_our_cluster_manifest(pair: tuple[NodeProc, NodeP
             break
         assert time.monotonic() < deadline, f"manifest not installed: {ttls}\n{ref.log_tail()}"
         time.sleep(0.2)
+
+
+def test_our_node_pulls_the_reference_nodes_records(mutual: tuple[NodeProc, NodeProc]) -> None:
+    """Everything valid the reference holds reaches our node; forged records do not."""
+    ours, ref = mutual
+    ref.start(timeout=30)
+    identity_owner, identity = _identity()
+    forged_owner = "id-00000000000000ff.mesh.test"
+    good_manifest = _manifest(OPERATOR_SEED, 7, ref.url)
+    rogue_seed = hashlib.sha256(b"interop/sync/rogue-operator").digest()
+    rogue_manifest = _manifest(rogue_seed, 8, ref.url)
+    expected = {
+        "www.mesh.test": {"hello from the reference", "v=spf1 -all"},
+        identity_owner: {identity},
+    }
+    for owner, values in expected.items():
+        for value in values:
+            publish(ref, owner, value, 600)
+    publish(ref, forged_owner, _tampered(identity), 600)
+    publish(ref, "cluster.mesh.test", good_manifest, 3600)
+    publish(ref, "cluster.mesh.test", rogue_manifest, 3600)
+    many = {f"r{i:03d}.mesh.test": {f"ref row {i}"} for i in range(40)}
+    for owner, values in many.items():
+        publish(ref, owner, next(iter(values)), 300)
+
+    ours.start(timeout=30)
+    wait_for(ours, {**expected, **many, "cluster.mesh.test": {good_manifest}})
+    assert values_at(ours, forged_owner) == set()
+
+    # a later write on the reference arrives on a later round
+    publish(ref, "late.mesh.test", "written on the reference later", 600)
+    wait_for(ours, {"late.mesh.test": {"written on the reference later"}})
+
+    # stored with the TTL the reference advertised
+    ref_ttls, our_ttls = digest_ttls(ref), digest_ttls(ours)
+    rogue_hash = hashlib.sha256(rogue_manifest.encode()).hexdigest()
+    forged_keys = {k for k in ref_ttls if k[0] == forged_owner or k[1] == rogue_hash}
+    assert forged_keys
+    assert set(our_ttls) == set(ref_ttls) - forged_keys
+    for key, ttl in our_ttls.items():
+        assert abs(ttl - ref_ttls[key]) <= 60, (key, ttl, ref_ttls[key])
+
+    # a republish with a longer TTL on the reference refreshes our copy
+    publish(ref, "www.mesh.test", "hello from the reference", 3000)
+    www = ("www.mesh.test", hashlib.sha256(b"hello from the reference").hexdigest())
+    deadline = time.monotonic() + 30
+    while digest_ttls(ours).get(www, 0) <= 2000:
+        assert time.monotonic() < deadline, f"TTL not refreshed:\n{ours.log_tail()}"
+        time.sleep(0.2)
+
+
+def test_writes_on_either_node_reach_the_other(mutual: tuple[NodeProc, NodeProc]) -> None:
+    """Peered with each other, the two implementations form one cluster."""
+    ours, ref = mutual
+    ours.start(timeout=30)
+    ref.start(timeout=30)
+    identity_owner, identity = _identity()
+    publish(ours, "from-dmp.mesh.test", "written on dmp", 600)
+    publish(ref, "from-ref.mesh.test", "written on the reference", 600)
+    publish(ref, identity_owner, identity, 600)
+    both = {
+        "from-dmp.mesh.test": {"written on dmp"},
+        "from-ref.mesh.test": {"written on the reference"},
+        identity_owner: {identity},
+    }
+    wait_for(ours, both)
+    wait_for(ref, both)
+    publish(ours, "from-dmp.mesh.test", "a second value on dmp", 600)
+    wait_for(ref, {"from-dmp.mesh.test": {"written on dmp", "a second value on dmp"}})
