@@ -25,8 +25,10 @@ the reference's ``/v1/sync/digest`` and ``/v1/sync/pull``: it reads the
 reference's digest shape and cursors, keeps what re-verifies (a signed
 identity, plain text at an ordinary owner, a cluster manifest signed by the
 pinned operator key), refuses a forged identity and a manifest signed by
-another key, follows later writes and TTL refreshes; and with the two nodes
-peered with each other, a write on either one reaches the other.
+another key, follows later writes and TTL refreshes; it gossips the
+reference's ``GET /v1/sync/cluster-manifest`` (installed with TTL
+``exp - now``, peer set taken from it); and with the two nodes peered with
+each other, a write on either one reaches the other.
 
 Uses its own ports (DNS 15353/15354, HTTP 18080/18081), so it does not clash
 with the ``node`` fixture's 5353/80.
@@ -128,7 +130,7 @@ def mutual(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
         tmp_path,
         dns_port=15353,
         http_port=18080,
-        env={**common, "DMP_SYNC_PEERS": "http://127.0.0.1:18081"},
+        env={**common, "DMP_SYNC_PEERS": "http://127.0.0.1:18081", "DMP_NODE_ID": "dmp"},
     )
     ref = NodeProc(
         "ref",
@@ -136,7 +138,7 @@ def mutual(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
         tmp_path,
         dns_port=15354,
         http_port=18081,
-        env={**common, "DMP_SYNC_PEERS": "http://127.0.0.1:18080"},
+        env={**common, "DMP_SYNC_PEERS": "http://127.0.0.1:18080", "DMP_NODE_ID": "ref"},
     )
     try:
         yield ours, ref
@@ -146,14 +148,18 @@ def mutual(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
         assert rc in (0, None), f"dmp-node exit code {rc}: {ours.log_tail()}"
 
 
-def _manifest(seed: bytes, seq: int, endpoint: str) -> str:
+def _manifest(seed: bytes, seq: int) -> str:
+    """The mutual pair's cluster: both nodes, by DMP_NODE_ID."""
     return sign_cluster(
         ClusterManifest(
             cluster_name="mesh.test",
             seq=seq,
             exp=int(time.time()) + 7200,
             operator_spk=ed25519_public_from_seed(seed),
-            nodes=(ClusterNode(node_id="n1", http_endpoint=endpoint),),
+            nodes=(
+                ClusterNode(node_id="ref", http_endpoint="http://127.0.0.1:18081"),
+                ClusterNode(node_id="dmp", http_endpoint="http://127.0.0.1:18080"),
+            ),
         ),
         seed,
     )
@@ -301,9 +307,9 @@ def test_our_node_pulls_the_reference_nodes_records(mutual: tuple[NodeProc, Node
     ref.start(timeout=30)
     identity_owner, identity = _identity()
     forged_owner = "id-00000000000000ff.mesh.test"
-    good_manifest = _manifest(OPERATOR_SEED, 7, ref.url)
+    good_manifest = _manifest(OPERATOR_SEED, 7)
     rogue_seed = hashlib.sha256(b"interop/sync/rogue-operator").digest()
-    rogue_manifest = _manifest(rogue_seed, 8, ref.url)
+    rogue_manifest = _manifest(rogue_seed, 8)
     expected = {
         "www.mesh.test": {"hello from the reference", "v=spf1 -all"},
         identity_owner: {identity},
@@ -326,14 +332,20 @@ def test_our_node_pulls_the_reference_nodes_records(mutual: tuple[NodeProc, Node
     publish(ref, "late.mesh.test", "written on the reference later", 600)
     wait_for(ours, {"late.mesh.test": {"written on the reference later"}})
 
-    # stored with the TTL the reference advertised
+    # stored with the TTL the reference advertised; the manifest, installed by
+    # gossip from the reference's /v1/sync/cluster-manifest, with exp - now
     ref_ttls, our_ttls = digest_ttls(ref), digest_ttls(ours)
     rogue_hash = hashlib.sha256(rogue_manifest.encode()).hexdigest()
+    good_key = ("cluster.mesh.test", hashlib.sha256(good_manifest.encode()).hexdigest())
     forged_keys = {k for k in ref_ttls if k[0] == forged_owner or k[1] == rogue_hash}
     assert forged_keys
     assert set(our_ttls) == set(ref_ttls) - forged_keys
     for key, ttl in our_ttls.items():
-        assert abs(ttl - ref_ttls[key]) <= 60, (key, ttl, ref_ttls[key])
+        if key != good_key:
+            assert abs(ttl - ref_ttls[key]) <= 60, (key, ttl, ref_ttls[key])
+    assert our_ttls[good_key] > 7000, (our_ttls[good_key], ref_ttls[good_key])
+    # and the peer set now comes from it (ourselves, DMP_NODE_ID=dmp, left out)
+    assert "peer set from cluster manifest seq 7: http://127.0.0.1:18081" in ours.log_tail(10**6)
 
     # a republish with a longer TTL on the reference refreshes our copy
     publish(ref, "www.mesh.test", "hello from the reference", 3000)

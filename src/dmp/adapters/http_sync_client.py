@@ -24,13 +24,21 @@ from dmp.ports.transport import ExchangeTimeout, PeerRejected, PeerUnreachable
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["MAX_DIGEST_BYTES", "MAX_PULL_BYTES", "SYNC_TIMEOUT_S", "HttpSyncPeer"]
+__all__ = [
+    "MAX_DIGEST_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "MAX_PULL_BYTES",
+    "SYNC_TIMEOUT_S",
+    "HttpSyncPeer",
+]
 
 SYNC_TIMEOUT_S: Final = 5.0
 MAX_DIGEST_BYTES: Final = 4 * 1024 * 1024
 """A digest page of 1000 rows is at most ~400 KB; anything over this is refused."""
 MAX_PULL_BYTES: Final = 32 * 1024 * 1024
 """256 names x 64 values x 2 KB (the default caps) fits; anything over this is refused."""
+MAX_MANIFEST_BYTES: Final = 64 * 1024
+"""A manifest wire is at most 1200 bytes."""
 _MAX_ERROR_TEXT: Final = 200
 
 
@@ -91,7 +99,9 @@ class HttpSyncPeer:
             )
         return self._client
 
-    async def _request(self, method: str, path: str, limit: int, **kwargs: Any) -> dict[str, Any]:
+    async def _request(
+        self, method: str, path: str, limit: int, *, allow_204: bool = False, **kwargs: Any
+    ) -> dict[str, Any] | None:
         import httpx
 
         what = f"{method} {self._endpoint}{path}"
@@ -109,6 +119,8 @@ class HttpSyncPeer:
             raise ExchangeTimeout(f"{what}: timed out") from exc
         except httpx.HTTPError as exc:
             raise PeerUnreachable(f"{what}: {exc or type(exc).__name__}") from exc
+        if status == 204 and allow_204:
+            return None
         if status != 200:
             raise PeerRejected(f"{what}: HTTP {status}: {_error_text(bytes(body))}", status=status)
         try:
@@ -119,8 +131,18 @@ class HttpSyncPeer:
             raise PeerRejected(f"{what}: answer is not a JSON object", status=status)
         return parsed
 
+    async def _object(self, method: str, path: str, limit: int, **kwargs: Any) -> dict[str, Any]:
+        body = await self._request(method, path, limit, **kwargs)
+        assert body is not None
+        return body
+
+    async def cluster_manifest(self) -> dict[str, object] | None:
+        return await self._request(
+            "GET", "/v1/sync/cluster-manifest", MAX_MANIFEST_BYTES, allow_204=True
+        )
+
     async def digest(self, cursor: str, limit: int) -> DigestPage:
-        body = await self._request(
+        body = await self._object(
             "GET",
             "/v1/sync/digest",
             self._max_digest,
@@ -136,7 +158,7 @@ class HttpSyncPeer:
         return DigestPage(tuple(records), has_more, body.get("next_cursor"))
 
     async def pull(self, names: Sequence[str]) -> list[PulledValue]:
-        body = await self._request(
+        body = await self._object(
             "POST", "/v1/sync/pull", self._max_pull, json={"names": list(names)}
         )
         records = body.get("records")

@@ -85,6 +85,15 @@ class SyncPeer(Protocol):
         """
         ...
 
+    async def cluster_manifest(self) -> dict[str, object] | None:
+        """``GET /v1/sync/cluster-manifest``: the JSON object, or None on 204 (none).
+
+        Raises:
+            TransportError: unreachable, timed out, error status, malformed or
+                oversized answer.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Release connections."""
         ...

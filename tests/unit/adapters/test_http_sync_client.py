@@ -86,3 +86,20 @@ async def test_network_failures_are_transport_errors() -> None:
         await peer(refused).pull(["a"])
     with pytest.raises(ExchangeTimeout):
         await peer(slow).digest("0::", 1)
+
+
+async def test_cluster_manifest_is_none_on_204_and_the_object_on_200() -> None:
+    body = {"wire": "v=dmp1;t=cluster;x", "seq": 3, "exp": 9, "cluster_name": "mesh.test"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/sync/cluster-manifest"
+        return (
+            httpx.Response(204)
+            if "none" in str(request.url.host)
+            else httpx.Response(200, json=body)
+        )
+
+    none = HttpSyncPeer("http://none.test", "t", transport=httpx.MockTransport(handler))
+    some = HttpSyncPeer("http://some.test", "t", transport=httpx.MockTransport(handler))
+    assert await none.cluster_manifest() is None
+    assert await some.cluster_manifest() == body

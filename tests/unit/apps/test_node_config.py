@@ -172,8 +172,8 @@ def test_unimplemented_reference_variables_are_listed() -> None:
         "DMP_CLUSTER_FILE",
         "DMP_HEARTBEAT_ENABLED",
         "DMP_HEARTBEAT_SEEDS",
-        "DMP_NODE_ID",
     )
+    assert c.node_id == "n1"
     assert cfg().unimplemented_variables == ()
 
 
@@ -183,13 +183,13 @@ def test_unimplemented_variables_are_logged_in_one_warning(
     from dmp.apps.node.service import log_unimplemented
 
     with caplog.at_level("WARNING", logger="dmp.node"):
-        log_unimplemented(cfg({"DMP_NODE_ID": "n1", "DMP_HEARTBEAT_ENABLED": "1"}))
+        log_unimplemented(cfg({"DMP_CLUSTER_FILE": "/c.json", "DMP_HEARTBEAT_ENABLED": "1"}))
         log_unimplemented(cfg())
 
     [record] = caplog.records
     assert record.levelname == "WARNING"
     assert record.getMessage() == (
-        "set but not implemented by dmp-node (ignored): DMP_HEARTBEAT_ENABLED, DMP_NODE_ID"
+        "set but not implemented by dmp-node (ignored): DMP_CLUSTER_FILE, DMP_HEARTBEAT_ENABLED"
     )
 
 

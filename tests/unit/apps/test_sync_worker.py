@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -10,10 +11,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from dmp.adapters.http_sync import digest_body, pull_body
+from dmp.adapters.http_sync import cluster_manifest_body, digest_body, pull_body
 from dmp.adapters.memory_store import MemoryRecordStore
 from dmp.adapters.sim import SimClock
 from dmp.apps.node.sync import SyncWorker
+from dmp.domain.cluster import ClusterManifest, ClusterNode, sign_cluster
+from dmp.domain.keys import ed25519_public_from_seed
 from dmp.domain.sync import SyncCursor, value_hash
 from dmp.ports.sync import DigestPage, PulledValue, SyncPeer
 from dmp.ports.transport import PeerUnreachable
@@ -47,6 +50,9 @@ class FakePeer:
         self.fail_pull_of: set[str] = set()
         self.substitute: dict[str, str] = {}
         self.closed = False
+        self.manifest_base: str | None = None
+        self.manifest_spk: bytes | None = None
+        self.manifest_calls = 0
 
     async def put(self, owner: str, value: str, ttl: int) -> None:
         self.clock.advance(0.001)  # distinct stored_ts per row
@@ -75,6 +81,18 @@ class FakePeer:
             PulledValue(r["name"], r["value"], r["ttl"]) for r in pull_body(rows, now)["records"]
         ]  # type: ignore[attr-defined]
         return [PulledValue(p.owner, self.substitute.get(p.value, p.value), p.ttl) for p in out]
+
+    async def cluster_manifest(self) -> dict[str, object] | None:
+        self.manifest_calls += 1
+        if self.fail is not None:
+            raise self.fail
+        if self.manifest_base is None:
+            return None
+        now = self.clock.now()
+        values = [r.value for r in await self.store.get(f"cluster.{self.manifest_base}", now)]
+        return cluster_manifest_body(
+            values, operator_spk=self.manifest_spk, base=self.manifest_base, now=int(now)
+        )
 
     async def aclose(self) -> None:
         self.closed = True
@@ -304,35 +322,134 @@ async def test_run_ticks_every_interval_first_after_one_interval() -> None:
     assert b.closed
 
 
+SEED = hashlib.sha256(b"unit/sync/operator").digest()
+OTHER = hashlib.sha256(b"unit/sync/someone-else").digest()
+SPK = ed25519_public_from_seed(SEED)
+
+
+def manifest(
+    clock: SimClock,
+    signer: bytes,
+    seq: int,
+    nodes: tuple[tuple[str, str], ...] = (("a", "http://a"),),
+    name: str = "mesh.test",
+) -> str:
+    return sign_cluster(
+        ClusterManifest(
+            cluster_name=name,
+            seq=seq,
+            exp=int(clock.now()) + 3600,
+            operator_spk=ed25519_public_from_seed(signer),
+            nodes=tuple(ClusterNode(node_id=n, http_endpoint=u) for n, u in nodes),
+        ),
+        signer,
+    )
+
+
 async def test_cluster_records_verify_against_the_pinned_operator_key() -> None:
-    import hashlib
-
-    from dmp.domain.cluster import ClusterManifest, ClusterNode, sign_cluster
-    from dmp.domain.keys import ed25519_public_from_seed
-
     clock = SimClock()
-    seed = hashlib.sha256(b"unit/sync/operator").digest()
-    other = hashlib.sha256(b"unit/sync/someone-else").digest()
-
-    def manifest(signer: bytes, seq: int) -> str:
-        return sign_cluster(
-            ClusterManifest(
-                cluster_name="mesh.test",
-                seq=seq,
-                exp=int(clock.now()) + 3600,
-                operator_spk=ed25519_public_from_seed(signer),
-                nodes=(ClusterNode(node_id="a", http_endpoint="http://a"),),
-            ),
-            signer,
-        )
-
     peer = FakePeer("http://a", clock)
-    good, rogue = manifest(seed, 1), manifest(other, 2)
+    good, rogue = manifest(clock, SEED, 1), manifest(clock, OTHER, 2)
     await peer.put("cluster.mesh.test", good, 600)
     await peer.put("cluster.mesh.test", rogue, 600)
     ours = MemoryRecordStore()
-    w = worker(ours, clock, peer, operator_spk=ed25519_public_from_seed(seed))
+    w = worker(ours, clock, peer, operator_spk=SPK)
     report = await w.tick()
     assert (report.stored, report.refused) == (1, 1)
     assert await held(ours, "cluster.mesh.test", clock) == {good}
     assert value_hash(good) != value_hash(rogue)
+
+
+def gossip_world(
+    clock: SimClock,
+) -> tuple[MemoryRecordStore, FakePeer, dict[str, FakePeer], SyncWorker]:
+    """Our store, peer ``http://a`` serving its manifest, and a worker that builds new fakes."""
+    a = FakePeer("http://a", clock)
+    a.manifest_base, a.manifest_spk = "mesh.test", SPK
+    made: dict[str, FakePeer] = {}
+
+    def factory(url: str) -> SyncPeer:
+        made[url] = FakePeer(url, clock)
+        return made[url]
+
+    ours = MemoryRecordStore()
+    w = SyncWorker(
+        ours,
+        clock,
+        [a],
+        interval=10,
+        operator_spk=SPK,
+        cluster_base="Mesh.Test",
+        peer_factory=factory,
+        self_endpoint="http://me:8053/",
+        node_id="me",
+    )
+    return ours, a, made, w
+
+
+async def test_gossip_installs_a_newer_manifest_with_its_lifetime_and_swaps_peers() -> None:
+    clock = SimClock()
+    ours, a, made, w = gossip_world(clock)
+    wire = manifest(
+        clock,
+        SEED,
+        5,
+        (
+            ("a", "http://a"),
+            ("b", "http://b/"),
+            ("me", "http://elsewhere"),
+            ("m2", "http://ME:8053"),
+        ),
+    )
+    await a.put("cluster.mesh.test", wire, 60)  # the peer keeps it 60 s
+    report = await w.tick()
+    assert report.manifest_seq == 5
+    [row] = await ours.get("cluster.mesh.test", clock.now())
+    assert row.value == wire
+    assert row.remaining_ttl(clock.now()) > 3000  # exp - now, not the peer's 60 s
+    assert w.peers == ["http://a", "http://b"]  # ourselves (node id, self URL) left out
+    assert list(made) == ["http://b"]
+    assert w.counters["manifest_installed"] == 1
+    # the same seq again: nothing to install
+    second = await w.tick()
+    assert (second.peer, second.manifest_seq) == ("http://b", None)  # round-robin goes on
+    assert (await w.tick()).peer == "http://a"
+    assert made["http://b"].manifest_calls == 1
+
+
+async def test_gossip_refuses_forged_misnamed_and_older_manifests() -> None:
+    clock = SimClock()
+    ours, a, _, w = gossip_world(clock)
+    await ours.put("cluster.mesh.test", manifest(clock, SEED, 7), 600, clock.now())
+    a.manifest_spk = None  # the peer serves whatever decodes
+    for wire in (
+        manifest(clock, OTHER, 9, (("x", "http://x"),)),  # another operator
+        manifest(clock, SEED, 9, (("x", "http://x"),), name="other.test"),  # another cluster
+        manifest(clock, SEED, 7, (("x", "http://x"),)),  # not newer than ours
+    ):
+        await a.store.delete("cluster.mesh.test")
+        await a.put("cluster.mesh.test", wire, 600)
+        report = await w.tick()
+        assert report.manifest_seq is None
+        assert w.peers == ["http://a"]
+
+
+async def test_gossip_can_drop_the_peer_it_came_from() -> None:
+    clock = SimClock()
+    _, a, made, w = gossip_world(clock)
+    await a.put("cluster.mesh.test", manifest(clock, SEED, 3, (("c", "http://c"),)), 600)
+    await a.put("x.mesh.test", "still pulled this tick", 600)
+    report = await w.tick()
+    assert (report.manifest_seq, report.stored) == (3, 1)
+    assert w.peers == ["http://c"]
+    assert a.closed
+    assert not made["http://c"].closed
+    assert (await w.tick()).peer == "http://c"
+
+
+async def test_no_gossip_without_a_pinned_key_or_base_domain() -> None:
+    clock = SimClock()
+    a = FakePeer("http://a", clock)
+    await worker(MemoryRecordStore(), clock, a, operator_spk=SPK).tick()
+    await worker(MemoryRecordStore(), clock, a).tick()
+    assert a.manifest_calls == 0

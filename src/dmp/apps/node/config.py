@@ -35,11 +35,10 @@ Differences from the reference, on purpose:
   ``https://`` base URLs (the reference accepts anything and fails later);
   the pulling worker runs when ``DMP_SYNC_PEER_TOKEN`` and at least one peer
   (other than ``DMP_SYNC_SELF_ENDPOINT``) are set. There is no
-  ``DMP_CLUSTER_FILE`` and no manifest gossip: the manifest at
-  ``cluster.<base>`` is whatever was published or pulled there, and the peer
-  set is ``DMP_SYNC_PEERS``.
+  ``DMP_CLUSTER_FILE``: the peer set starts as ``DMP_SYNC_PEERS`` and is
+  replaced by manifest gossip; ``DMP_NODE_ID`` names this node in a manifest.
 - Reference variables this node does not implement (``DMP_CLUSTER_FILE``,
-  ``DMP_NODE_ID``, ``DMP_HEARTBEAT_*``) are listed in
+  ``DMP_HEARTBEAT_*``) are listed in
   :attr:`NodeConfig.unimplemented_variables` when set, and the daemon logs
   them in one warning line at startup.
 - ``DMP_HTTP_TRUSTED_PROXIES`` (*dmp*): comma list of proxy addresses or
@@ -167,6 +166,7 @@ class NodeConfig:
     sync_peers: tuple[str, ...] = ()
     sync_interval_s: float = 10.0
     sync_self_endpoint: str | None = None
+    node_id: str | None = None
     auth_mode: AuthMode = "open"
     allow_open_public_bind: bool = False
     token_db_path: DbPath | None = None
@@ -463,7 +463,6 @@ def _peer_urls(value: str, label: str) -> tuple[str, ...]:
 UNIMPLEMENTED_VARIABLES: Final = (
     "DMP_CLUSTER_FILE",
     "DMP_CLUSTER_MANIFEST_PATH",
-    "DMP_NODE_ID",
     "DMP_HEARTBEAT_",
 )
 
@@ -632,6 +631,7 @@ def load_config(
             "DMP_SYNC_INTERVAL", _positive_float, 10.0, "DMP_SYNC_INTERVAL_SECONDS"
         ),
         sync_self_endpoint=sync_self,
+        node_id=src.get("DMP_NODE_ID", _text, None),
         auth_mode=auth_mode,  # type: ignore[arg-type]
         allow_open_public_bind=allow_open_public,
         token_db_path=token_db,

@@ -218,14 +218,22 @@ def _build_sync_worker(node: Node) -> Any:
 
     cfg = node.config
     assert cfg.sync_peer_token is not None
-    peers = [HttpSyncPeer(url, cfg.sync_peer_token) for url in cfg.sync_peers]
+    token = cfg.sync_peer_token
+
+    def peer(url: str) -> HttpSyncPeer:
+        return HttpSyncPeer(url, token)
+
     return SyncWorker(
         node.store,
         node.clock,
-        peers,
+        [peer(url) for url in cfg.sync_peers],
         interval=cfg.sync_interval_s,
         operator_spk=cfg.sync_operator_spk,
         max_values_per_name=cfg.max_values_per_name,
+        cluster_base=cfg.cluster_base_domain,
+        peer_factory=peer,
+        self_endpoint=cfg.sync_self_endpoint,
+        node_id=cfg.node_id,
     )
 
 

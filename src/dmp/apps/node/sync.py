@@ -26,20 +26,31 @@ goes to the next peer. Each tick logs one summary line (INFO when something
 was stored or refused, DEBUG otherwise) and adds to :attr:`SyncWorker.counters`,
 which ``/metrics`` exposes as ``dmp_sync_values_total{outcome}``.
 
-Manifest gossip (``GET /v1/sync/cluster-manifest``) is not done: the peer set
-is ``DMP_SYNC_PEERS``.
+Manifest gossip, when both ``DMP_SYNC_OPERATOR_SPK`` and
+``DMP_CLUSTER_BASE_DOMAIN`` are set: before the digest (so that a newer
+manifest is installed with its own lifetime rather than pulled with the
+peer's remaining TTL; the reference gossips after the digest), each tick reads the
+peer's ``GET /v1/sync/cluster-manifest`` and installs it only if it verifies
+under the pinned key, names ``<base>``, and its ``seq`` is strictly higher
+than every verifying manifest stored at ``cluster.<base>`` (pulled ones
+included). Installing stores it there with TTL ``exp - now`` and replaces
+the peer set with the manifest's nodes' HTTP endpoints, minus this node
+(``DMP_NODE_ID``, ``DMP_SYNC_SELF_ENDPOINT``). Peers that stay keep their
+watermark.
 """
 
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
 
-from dmp.domain.errors import BadDigestEntry
+from dmp.domain.cluster import ClusterManifest, verify_cluster
+from dmp.domain.errors import BadDigestEntry, DmpError
 from dmp.domain.sync import (
     MAX_PULL_NAMES,
     DigestEntry,
@@ -85,6 +96,7 @@ class TickReport:
         bad_rows: digest rows that failed validation.
         missing: planned rows the peer did not return.
         error: the peer failure that ended the tick early, if any.
+        manifest_seq: the seq of a cluster manifest installed by gossip this tick.
     """
 
     peer: str | None = None
@@ -96,6 +108,7 @@ class TickReport:
     bad_rows: int = 0
     missing: int = 0
     error: str | None = None
+    manifest_seq: int | None = None
 
 
 class SyncWorker:
@@ -110,6 +123,11 @@ class SyncWorker:
         max_values_per_name: ``DMP_MAX_VALUES_PER_NAME`` (a pulled new value over it is refused).
         page_limit: digest rows per page.
         max_pages: digest pages per tick.
+        cluster_base: ``DMP_CLUSTER_BASE_DOMAIN`` (gossip needs it and ``operator_spk``).
+        peer_factory: builds a peer for an endpoint named by a gossiped manifest
+            (gossip never changes the peer set without one).
+        self_endpoint: ``DMP_SYNC_SELF_ENDPOINT``, left out of a gossiped peer set.
+        node_id: ``DMP_NODE_ID``, whose manifest entry is left out of it.
     """
 
     def __init__(
@@ -123,6 +141,10 @@ class SyncWorker:
         max_values_per_name: int | None = None,
         page_limit: int = PAGE_LIMIT,
         max_pages: int = MAX_PAGES_PER_TICK,
+        cluster_base: str | None = None,
+        peer_factory: Callable[[str], SyncPeer] | None = None,
+        self_endpoint: str | None = None,
+        node_id: str | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -132,10 +154,20 @@ class SyncWorker:
         self._max_values = max_values_per_name
         self._page_limit = page_limit
         self._max_pages = max_pages
+        self._cluster_base = cluster_base.lower().rstrip(".") if cluster_base else None
+        self._peer_factory = peer_factory
+        self._self_endpoint = self_endpoint.rstrip("/").lower() if self_endpoint else None
+        self._node_id = node_id
         self._next = 0
         self._watermarks: dict[str, Watermark] = {}
         self.counters: Counter[str] = Counter()
-        """Totals by outcome: ``stored``, ``refused``, ``bad_row``, ``missing``, ``peer_error``."""
+        """Totals by outcome: ``stored``, ``refused``, ``bad_row``, ``missing``,
+        ``peer_error``, ``manifest_installed``."""
+
+    @property
+    def peers(self) -> list[str]:
+        """The current peer set's endpoints, in round-robin order."""
+        return [peer.endpoint for peer in self._peers]
 
     def watermark(self, endpoint: str) -> Watermark:
         """The in-memory watermark of one peer (the origin until a tick moves it)."""
@@ -165,12 +197,26 @@ class SyncWorker:
         peer = self._peers[self._next % len(self._peers)]
         self._next = (self._next + 1) % len(self._peers)
         report = TickReport(peer=peer.endpoint)
+        if self._operator_spk is not None and self._cluster_base is not None:
+            try:
+                await self._gossip(peer, report)
+            except (TransportError, StoreError) as exc:
+                self.counters["peer_error"] += 1
+                log.warning(
+                    "cluster manifest gossip with %s failed: %s: %s",
+                    peer.endpoint,
+                    type(exc).__name__,
+                    exc,
+                )
         try:
             await self._sync(peer, report)
         except (TransportError, StoreError) as exc:
             report.error = f"{type(exc).__name__}: {exc}"
             self.counters["peer_error"] += 1
             log.warning("anti-entropy with %s failed: %s", peer.endpoint, report.error)
+        if peer not in self._peers:  # dropped by the manifest gossiped this tick
+            self._watermarks.pop(peer.endpoint, None)
+            await self._close(peer)
         level = (
             logging.INFO if report.stored or report.refused or report.bad_rows else logging.DEBUG
         )
@@ -189,6 +235,100 @@ class SyncWorker:
             extra=attrs.asdict(report),
         )
         return report
+
+    async def _installed_seq(self, owner: str, now: float) -> int:
+        """The highest seq of the verifying manifests stored at ``owner`` (-1: none)."""
+        assert self._operator_spk is not None
+        best = -1
+        for row in await self._store.get(owner, now):
+            try:
+                manifest = verify_cluster(
+                    row.value,
+                    self._operator_spk,
+                    now=int(now),
+                    expected_cluster_name=self._cluster_base,
+                )
+            except DmpError:
+                continue
+            best = max(best, manifest.seq)
+        return best
+
+    async def _gossip(self, peer: SyncPeer, report: TickReport) -> None:
+        """Install the peer's cluster manifest if it is newer and verifies; swap the peer set."""
+        assert self._operator_spk is not None
+        assert self._cluster_base is not None
+        body = await peer.cluster_manifest()
+        if body is None:
+            return
+        wire = body.get("wire")
+        if not isinstance(wire, str):
+            log.info("anti-entropy: %s served a cluster manifest without a wire", peer.endpoint)
+            return
+        now = self._clock.now()
+        try:
+            manifest = verify_cluster(
+                wire, self._operator_spk, now=int(now), expected_cluster_name=self._cluster_base
+            )
+        except DmpError as exc:
+            log.info(
+                "anti-entropy: refused the cluster manifest of %s: %s: %s",
+                peer.endpoint,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        owner = f"cluster.{self._cluster_base}"
+        if manifest.seq <= await self._installed_seq(owner, now):
+            return
+        ttl = max(1, min(manifest.exp - int(now), _MAX_STORE_TTL))
+        await self._store.put(owner, wire, ttl, now)
+        report.manifest_seq = manifest.seq
+        self.counters["manifest_installed"] += 1
+        log.info(
+            "anti-entropy: installed cluster manifest seq %d from %s",
+            manifest.seq,
+            peer.endpoint,
+            extra={"seq": manifest.seq, "peer": peer.endpoint},
+        )
+        await self._replace_peers(manifest, peer)
+
+    async def _close(self, peer: SyncPeer) -> None:
+        try:
+            await peer.aclose()
+        except Exception:
+            log.exception("error while closing sync peer %s", peer.endpoint)
+
+    async def _replace_peers(self, manifest: ClusterManifest, active: SyncPeer) -> None:
+        """Swap the peer set; ``active`` (this tick's peer) is closed by the tick if dropped."""
+        if self._peer_factory is None:
+            return
+        endpoints: list[str] = []
+        for node in manifest.nodes:
+            url = node.http_endpoint.strip().rstrip("/")
+            if self._node_id is not None and node.node_id == self._node_id:
+                continue
+            if self._self_endpoint is not None and url.lower() == self._self_endpoint:
+                continue
+            try:
+                scheme = urllib.parse.urlsplit(url).scheme.lower()
+            except ValueError:
+                continue
+            if scheme in ("http", "https") and url not in endpoints:
+                endpoints.append(url)
+        current = {peer.endpoint: peer for peer in self._peers}
+        new_peers = [current.get(url) or self._peer_factory(url) for url in endpoints]
+        for url, old in current.items():
+            if url not in endpoints and old is not active:
+                self._watermarks.pop(url, None)
+                await self._close(old)
+        self._peers = new_peers
+        # carry on after this tick's peer when it stays, else from the start
+        self._next = (new_peers.index(active) + 1) % len(new_peers) if active in new_peers else 0
+        log.info(
+            "anti-entropy: peer set from cluster manifest seq %d: %s",
+            manifest.seq,
+            ", ".join(endpoints) or "(none)",
+        )
 
     async def _sync(self, peer: SyncPeer, report: TickReport) -> None:
         for _ in range(self._max_pages):
