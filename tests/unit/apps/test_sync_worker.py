@@ -40,10 +40,12 @@ def tampered(wire: str) -> str:
 class FakePeer:
     """A peer node: its own memory store, answered with the server's own body builders."""
 
-    def __init__(self, endpoint: str, clock: SimClock) -> None:
+    def __init__(
+        self, endpoint: str, clock: SimClock, store: MemoryRecordStore | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.clock = clock
-        self.store = MemoryRecordStore()
+        self.store = store if store is not None else MemoryRecordStore()
         self.digest_calls: list[str] = []
         self.pull_calls: list[list[str]] = []
         self.fail: Exception | None = None
@@ -453,3 +455,46 @@ async def test_no_gossip_without_a_pinned_key_or_base_domain() -> None:
     await worker(MemoryRecordStore(), clock, a, operator_spk=SPK).tick()
     await worker(MemoryRecordStore(), clock, a).tick()
     assert a.manifest_calls == 0
+
+
+async def test_three_nodes_converge_by_pulling_from_each_other() -> None:
+    """Writes on any node reach every node, only through the workers, in a few rounds."""
+    clock = SimClock()
+    names = ["a", "b", "c"]
+    stores = {n: MemoryRecordStore() for n in names}
+    workers = {
+        n: SyncWorker(
+            stores[n],
+            clock,
+            [FakePeer(f"http://{m}", clock, stores[m]) for m in names if m != n],
+            interval=10,
+        )
+        for n in names
+    }
+    owner, wire = identity()
+    await stores["a"].put(owner, wire, 3600, clock.now())
+    await stores["b"].put("www.mesh.test", "from b", 3600, clock.now())
+    await stores["c"].put("www.mesh.test", "from c", 3600, clock.now())
+    await stores["c"].put(
+        "slot-1.mb-0123456789ab.mesh.test", "junk at a DMP name", 3600, clock.now()
+    )
+
+    async def contents(store: MemoryRecordStore) -> set[tuple[str, str]]:
+        rows = await store.digest((0, "", ""), 1000, clock.now())
+        return {(r.owner, r.value) for r in rows}
+
+    async with anyio.create_task_group() as tg:
+        for w in workers.values():
+            tg.start_soon(w.run)
+        for _ in range(4):  # each node has 2 peers: 2 rounds reach everyone, 2 to spare
+            await anyio.wait_all_tasks_blocked()
+            clock.advance(10)
+            await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+
+    expected = {(owner, wire), ("www.mesh.test", "from b"), ("www.mesh.test", "from c")}
+    assert await contents(stores["a"]) == expected
+    assert await contents(stores["b"]) == expected
+    assert await contents(stores["c"]) == expected | {
+        ("slot-1.mb-0123456789ab.mesh.test", "junk at a DMP name")
+    }
