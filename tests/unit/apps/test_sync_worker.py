@@ -19,7 +19,7 @@ from dmp.domain.cluster import ClusterManifest, ClusterNode, sign_cluster
 from dmp.domain.keys import ed25519_public_from_seed
 from dmp.domain.sync import SyncCursor, value_hash
 from dmp.ports.sync import DigestPage, PulledValue, SyncPeer
-from dmp.ports.transport import PeerUnreachable
+from dmp.ports.transport import PeerRejected, PeerUnreachable
 
 pytestmark = pytest.mark.anyio
 
@@ -498,3 +498,31 @@ async def test_three_nodes_converge_by_pulling_from_each_other() -> None:
     assert await contents(stores["c"]) == expected | {
         ("slot-1.mb-0123456789ab.mesh.test", "junk at a DMP name")
     }
+
+
+async def test_a_peer_down_costs_one_line_per_tick_with_gossip_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = SimClock()
+    _, a, _, w = gossip_world(clock)
+    a.fail = PeerUnreachable("connection refused")
+    with caplog.at_level(logging.INFO, logger="dmp.node.sync"):
+        report = await w.tick()
+    assert report.error is not None
+    assert [r.levelname for r in caplog.records if r.levelno >= logging.INFO] == ["WARNING"]
+    assert w.counters["peer_error"] == 1
+
+
+async def test_a_peer_without_the_manifest_route_is_still_synced() -> None:
+    clock = SimClock()
+
+    class Old(FakePeer):
+        async def cluster_manifest(self) -> dict[str, object] | None:
+            raise PeerRejected("HTTP 404: not found", status=404)
+
+    old = Old("http://old", clock)
+    await old.put("x.mesh.test", "x", 600)
+    ours = MemoryRecordStore()
+    w = SyncWorker(ours, clock, [old], interval=10, operator_spk=SPK, cluster_base="mesh.test")
+    report = await w.tick()
+    assert (report.error, report.stored) == (None, 1)

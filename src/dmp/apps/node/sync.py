@@ -65,7 +65,7 @@ from dmp.domain.sync import (
 from dmp.ports.clock import Clock
 from dmp.ports.store import RecordStore, StoreError, StoreFull
 from dmp.ports.sync import PulledValue, SyncPeer
-from dmp.ports.transport import TransportError
+from dmp.ports.transport import PeerRejected, TransportError
 
 __all__ = ["MAX_PAGES_PER_TICK", "PAGE_LIMIT", "SyncWorker", "TickReport"]
 
@@ -197,18 +197,13 @@ class SyncWorker:
         peer = self._peers[self._next % len(self._peers)]
         self._next = (self._next + 1) % len(self._peers)
         report = TickReport(peer=peer.endpoint)
-        if self._operator_spk is not None and self._cluster_base is not None:
-            try:
-                await self._gossip(peer, report)
-            except (TransportError, StoreError) as exc:
-                self.counters["peer_error"] += 1
-                log.warning(
-                    "cluster manifest gossip with %s failed: %s: %s",
-                    peer.endpoint,
-                    type(exc).__name__,
-                    exc,
-                )
         try:
+            if self._operator_spk is not None and self._cluster_base is not None:
+                try:
+                    await self._gossip(peer, report)
+                except PeerRejected as exc:
+                    # a peer without the route, or a broken answer: the digest may still work
+                    log.info("cluster manifest gossip with %s failed: %s", peer.endpoint, exc)
             await self._sync(peer, report)
         except (TransportError, StoreError) as exc:
             report.error = f"{type(exc).__name__}: {exc}"
