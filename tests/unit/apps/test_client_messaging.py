@@ -7,6 +7,7 @@ import anyio.lowlevel
 import dns.name
 import pytest
 
+from dmp.apps.client import messaging
 from dmp.apps.client.deps import ClientDeps
 from dmp.apps.client.identity import fetch_identity, publish_identity, refresh_prekeys
 from dmp.apps.client.intros import accept_intro, block_intro, trust_intro
@@ -14,6 +15,7 @@ from dmp.apps.client.messaging import MAX_CLAIM_ZONES, receive_messages, send_me
 from dmp.domain.errors import UnknownContact
 from dmp.domain.heartbeat import CAP_CLAIM_PROVIDER, Heartbeat, sign_heartbeat
 from dmp.domain.keys import ed25519_public_from_seed
+from dmp.domain.manifest import SlotManifest, sign_manifest
 from dmp.domain.names import claim_owner, heartbeat_owner, prekey_owner, slot_owner
 from dmp.domain.prekey import verify_prekey
 from dmp.ports.transport import PeerUnreachable
@@ -410,3 +412,86 @@ async def test_first_contacts_are_capped_per_receive() -> None:
     second = await receive_messages(bob)
     assert len(second.queued) == 4
     assert len({i.body for i in bob.intros.list()}) == MAX_CLAIM_ZONES + 4
+
+
+async def test_two_unread_messages_in_one_slot_both_arrive() -> None:
+    """11 unread messages fill 10 slots: one slot holds two manifests, all 11 arrive.
+
+    (bob has no prekeys: this is about slots only; the sender appends to a
+    slot's RRset, never replaces it.)
+    """
+    world = World()
+    alice, bob = await alice_and_bob(world)
+    sent = [await send_message(alice, "bob", f"message {i}") for i in range(11)]
+    assert {s.prekey_id for s in sent} == {0}
+    by_slot = {s.manifest_owner: len(world.dns.values(s.manifest_owner)) for s in sent}
+    assert max(by_slot.values()) >= 2
+    got = await receive_messages(bob)
+    assert sorted(d.text for d in got.delivered) == sorted(f"message {i}" for i in range(11))
+
+
+async def test_sender_never_reuses_a_prekey_of_its_pending_messages() -> None:
+    """Our own unread manifests to bob name prekeys we skip; none left → the long-term key.
+
+    A receiver consumes a prekey with the first message over it (the
+    reference's deletes its secret there and then), so a second unread
+    message over the same prekey would be lost at a reference receiver.
+    """
+    world = World()
+    alice, bob = await alice_and_bob(world)
+    refreshed = await refresh_prekeys(bob, count=3)
+    sent = [await send_message(alice, "bob", f"message {i}") for i in range(5)]
+    used = [s.prekey_id for s in sent]
+    assert sorted(used[:3]) == sorted(refreshed.prekey_ids)
+    assert used[3:] == [0, 0]
+    got = await receive_messages(bob)
+    assert sorted(d.text for d in got.delivered) == sorted(f"message {i}" for i in range(5))
+    assert sorted(got.prekeys_consumed) == sorted(refreshed.prekey_ids)
+    assert world.dns.values(prekey_owner("bob", "bob.example")) == []
+
+
+async def test_a_manifest_not_signed_by_us_does_not_steer_the_prekey_choice() -> None:
+    """A value anyone wrote at our slot for bob, naming bob's only prekey, is ignored."""
+    world = World()
+    alice, bob = await alice_and_bob(world)
+    (only,) = (await refresh_prekeys(bob, count=1)).prekey_ids
+    carol = keys_for("carol")
+    now = alice.now()
+    forged = SlotManifest(
+        msg_id=bytes(16),
+        sender_spk=carol.ed25519_public,
+        recipient_id=bob.keys.user_id,
+        total_chunks=1,
+        data_chunks=1,
+        prekey_id=only,
+        ts=now,
+        exp=now + 300,
+        chunk_hashes=(bytes(32),),
+    )
+    owner = slot_owner(bob.keys.user_id, 0, "alice.example")
+    await world.dns.publish(owner, sign_manifest(forged, carol.ed25519_seed), 300)
+    sent = await send_message(alice, "bob", "over the one prekey")
+    assert sent.prekey_id == only
+
+
+async def test_messages_sharing_a_prekey_open_in_one_receive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender that picks one prekey twice (the reference may) loses nothing at our receiver.
+
+    The prekey is consumed once and its record deleted once.
+    """
+    world = World()
+    alice, bob = await alice_and_bob(world)
+    (only,) = (await refresh_prekeys(bob, count=1)).prekey_ids
+    # the reference's choice: uniformly from the published pool, our pending ones included
+    monkeypatch.setattr(messaging, "_pending_prekey_ids", lambda *a: set())
+    sent = [await send_message(alice, "bob", f"message {i}") for i in range(3)]
+    assert [s.prekey_id for s in sent] == [only] * 3
+    got = await receive_messages(bob)
+    assert sorted(d.text for d in got.delivered) == ["message 0", "message 1", "message 2"]
+    assert got.prekeys_consumed == (only,)
+    assert got.prekey_deletes_failed == 0
+    assert bob.prekeys.get(only) is None
+    assert world.dns.values(prekey_owner("bob", "bob.example")) == []
+    assert (await receive_messages(bob)).delivered == ()

@@ -6,7 +6,10 @@ Send (``dnsmesh send``)::
     ├─ concurrently: its identity record (versions → DMPv2 envelope),
     │  its prekey pool (verified under the pinned key, unexpired) and the
     │  claim providers (heartbeats of the seed zones)
-    build_message (domain)           one random prekey, or the long-term key
+    build_message (domain)           one random prekey no pending manifest of
+                                     ours to this recipient names (our 10 slots
+                                     for it, read with the pool), or the
+                                     long-term key when none is left
     publish every chunk, then the manifest        (into our own zone)
     claims: one per provider zone, and one in the recipient's zone when its
             domain was recorded explicitly; failures only counted
@@ -19,6 +22,7 @@ Receive (``dnsmesh recv``), every lookup of a stage in one bounded task group::
     → manifests named by claims are fetched from the claim's zone (all 10 slots)
     → chunks of every candidate manifest
     → decrypt one by one; consume the prekey only after the AEAD succeeded
+      (kept for the rest of the pass: two unread messages may share one)
     → verify DMPv2 sender labels, delete consumed prekey records
     → pinned senders to the inbox, unpinned claim senders to the intro queue
 
@@ -40,6 +44,7 @@ Rules enforced on receive:
 
 from __future__ import annotations
 
+import hashlib
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
@@ -278,6 +283,35 @@ def _live_prekeys(values: list[str], spk: bytes, now: int) -> list[Prekey]:
     return out
 
 
+def _own_slot_owners(deps: ClientDeps, rcpt: _Recipient) -> list[dns.name.Name]:
+    """The 10 slots of ``rcpt``'s mailbox in our own zone (where our manifests to it are)."""
+    recipient_id = hashlib.sha256(rcpt.x25519_public).digest()
+    return [slot_owner(recipient_id, n, deps.own_zone) for n in range(SLOT_COUNT)]
+
+
+def _pending_prekey_ids(deps: ClientDeps, rcpt: _Recipient, lookups: Lookups, now: int) -> set[int]:
+    """Prekey ids named by our own unexpired manifests to ``rcpt`` (messages maybe unread).
+
+    A receiver consumes a one-time prekey with the first message over it; a
+    reference receiver then cannot open a second unread one over the same
+    prekey (docs/interop.md, known reference behaviours). So we never pick a
+    prekey that one of our pending manifests names (once a message is read,
+    the receiver deletes its prekey's record from the pool anyway). Only
+    manifests signed by us count: anyone may write a slot.
+    """
+    recipient_id = hashlib.sha256(rcpt.x25519_public).digest()
+    pending: set[int] = set()
+    for owner in _own_slot_owners(deps, rcpt):
+        for wire in lookups.get(owner):
+            try:
+                manifest = verify_manifest(wire, now=now, recipient_id=recipient_id)
+            except DmpError:
+                continue
+            if manifest.sender_spk == deps.keys.ed25519_public and manifest.prekey_id:
+                pending.add(manifest.prekey_id)
+    return pending
+
+
 async def send_message(
     deps: ClientDeps, recipient: str, body: str | bytes, *, ttl: int = DEFAULT_TTL
 ) -> SendResult:
@@ -308,6 +342,7 @@ async def send_message(
     pool_owner = prekey_owner(rcpt.username, rcpt.zone) if rcpt.spk is not None else None
     if pool_owner is not None:
         owners.append(pool_owner)
+        owners += _own_slot_owners(deps, rcpt)
     providers: list[str] = []
 
     async def fetch_providers() -> None:
@@ -369,7 +404,12 @@ async def _build_and_publish(
     advertise_v2 = record is not None and 2 in record.versions
     prekeys: list[Prekey] = []
     if pool_owner is not None and rcpt.spk is not None:
-        prekeys = _live_prekeys(lookups.get(pool_owner), rcpt.spk, now)
+        pending = _pending_prekey_ids(deps, rcpt, lookups, now)
+        prekeys = [
+            p
+            for p in _live_prekeys(lookups.get(pool_owner), rcpt.spk, now)
+            if p.prekey_id not in pending
+        ]
     chosen = choose_prekey(prekeys, deps.rng)
     msg_id = uuid.UUID(bytes=deps.rng.randbytes(16), version=4).bytes
     out = build_message(
@@ -753,9 +793,16 @@ async def receive_messages(
 
     opened: list[tuple[_Candidate, ReceivedMessage]] = []
     consumed: list[StoredPrekey] = []
+    # Senders pick a one-time prekey at random from the published pool (the
+    # reference does, with replacement), so two unread messages may name the
+    # same one. Its secret stays usable for the rest of this pass: every such
+    # message opens, and the prekey is consumed (and its record deleted) once.
+    used_in_pass: dict[int, StoredPrekey] = {}
     for cand, owners in zip(candidates, chunk_owner_lists, strict=True):
         manifest = cand.manifest
-        stored = deps.prekeys.get(manifest.prekey_id) if manifest.prekey_id else None
+        stored = None
+        if manifest.prekey_id:
+            stored = used_in_pass.get(manifest.prekey_id) or deps.prekeys.get(manifest.prekey_id)
         chunk_txts = {i: run.lookups.get(o) for i, o in enumerate(owners)}
         try:
             message = open_message(
@@ -768,9 +815,10 @@ async def receive_messages(
         except DmpError as exc:
             run.reject(slot_owner(run.me, 0, cand.zone).parent(), _reason(exc))
             continue
-        if stored is not None:
+        if stored is not None and stored.prekey_id not in used_in_pass:
             deps.prekeys.consume(stored.prekey_id)
             consumed.append(stored)
+            used_in_pass[stored.prekey_id] = stored
         deps.replay.record(manifest.sender_spk, manifest.msg_id, manifest.exp, run.now)
         opened.append((cand, message))
 
