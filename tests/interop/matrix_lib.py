@@ -37,6 +37,9 @@ import dns.rcode
 import dns.rdatatype
 from nodelib import REPO, ref_venv
 
+from dmp.domain.manifest import SlotManifest, parse_manifest
+from dmp.domain.names import mailbox_hash12
+
 Impl = Literal["dmp", "ref"]
 IMPLS: tuple[Impl, ...] = ("dmp", "ref")
 #: How a user writes: ``tsig`` (``tsig register``; DNS UPDATE + TSIG), ``bearer``
@@ -69,6 +72,23 @@ def txt(name: str, dns_port: int) -> list[str]:
         return []
     assert r.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(r.rcode())
     return [b"".join(rd.strings).decode() for rrset in r.answer for rd in rrset]
+
+
+def manifests_to(sender: CliUser, receiver: CliUser, dns_port: int) -> list[SlotManifest]:
+    """``sender``'s manifests to ``receiver`` now at the 10 slots of its mailbox (over DNS).
+
+    Both users live in :data:`ZONE`, so the slots are ``slot-0..9.mb-<h12>.ZONE``.
+    """
+    xpub = bytes.fromhex(receiver.keys()["public_key"])
+    recipient_id = hashlib.sha256(xpub).digest()
+    spk = bytes.fromhex(sender.keys()["signing_public_key"])
+    out = []
+    for n in range(10):
+        for wire in txt(f"slot-{n}.mb-{mailbox_hash12(recipient_id)}.{ZONE}", dns_port):
+            manifest = parse_manifest(wire)
+            if manifest.sender_spk == spk and manifest.recipient_id == recipient_id:
+                out.append(manifest)
+    return out
 
 
 def parse_received(impl: Impl, stdout: str) -> list[tuple[str, str]]:

@@ -38,7 +38,7 @@ import pytest
 from nodelib import NodeProc
 
 from tests.interop.conftest import DNS_PORT, HTTP_PORT, NODE_ENV, OPERATOR_TOKEN, TARGETS
-from tests.interop.matrix_lib import IMPLS, CliUser, Impl, Mode, txt
+from tests.interop.matrix_lib import IMPLS, CliUser, Impl, Mode, manifests_to, txt
 
 #: The CLI default pool (~4.4 kB at one name: too big for UDP, read over TCP).
 PREKEYS = 25
@@ -108,19 +108,48 @@ def _pin(me: CliUser, peer: CliUser) -> None:
 
 
 def _exchange(node: NodeProc, sender: CliUser, receiver: CliUser, *texts: str) -> None:
-    """``sender`` sends ``texts``; one ``recv`` gets each exactly once, each over a prekey."""
+    """``sender`` sends ``texts``; one ``recv`` gets each exactly once, each over a prekey.
+
+    Known reference behaviour (docs/interop.md): the reference sender picks a
+    one-time prekey uniformly from the published pool, so two unread messages
+    may name the same prekey (1 in 25 for two messages and the default pool),
+    and the reference receiver deletes the prekey's secret with the first one
+    it opens: the other is lost (refused as undecryptable), on either node.
+    That was this test's flakiness (not the mailbox slot the two share one
+    time in ten: both manifests are always there). Our sender never reuses a
+    prekey of its own unread manifests and our receiver keeps a prekey's
+    secret for the rest of its ``recv``, so only a ref → ref exchange can
+    lose a message: then, and only when the manifests on the node show the
+    collision, exactly the documented loss is asserted.
+    """
     before = set(txt(receiver.prekey_owner, node.dns_port))
+    already = {m.msg_id for m in manifests_to(sender, receiver, node.dns_port)}
     for text in texts:
         sender.send(receiver, text)
+    manifests = [
+        m for m in manifests_to(sender, receiver, node.dns_port) if m.msg_id not in already
+    ]
+    assert len(manifests) == len(texts), manifests
+    prekey_ids = [m.prekey_id for m in manifests]
+    assert 0 not in prekey_ids, prekey_ids  # the pool of PREKEYS outlasts every exchange
+    distinct = set(prekey_ids)
+    if sender.impl == "dmp":
+        assert len(distinct) == len(texts), f"our sender reused a prekey: {prekey_ids}"
     got = receiver.recv()
-    assert sorted(body for _, body in got) == sorted(texts), got
+    bodies = sorted(body for _, body in got)
+    if receiver.impl == "ref" and len(distinct) < len(texts):
+        # the reference receiver: one message per prekey opens, the others are lost
+        assert len(bodies) == len(distinct), (prekey_ids, got)
+        assert set(bodies) <= set(texts), got
+    else:
+        assert bodies == sorted(texts), got
     spk = sender.keys()["signing_public_key"]
     for who, _ in got:
         assert sender.name in who or who.startswith(spk[:16]), got
     after = set(txt(receiver.prekey_owner, node.dns_port))
     consumed = before - after
-    assert len(consumed) == len(texts), (
-        f"{receiver!r}: {len(before)} prekeys before, {len(after)} after"
+    assert len(consumed) == len(distinct), (
+        f"{receiver!r}: {len(before)} prekeys before, {len(after)} after, used {prekey_ids}"
     )
     assert after <= before
     assert receiver.recv() == []
