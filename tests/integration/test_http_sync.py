@@ -8,20 +8,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
-from dmp.adapters.clock import SystemClock
-from dmp.apps.node.config import load_config
-from dmp.apps.node.service import Node, build_node, run_node
+from dmp.apps.node.service import Node
 from dmp.domain.cluster import ClusterManifest, ClusterNode, sign_cluster
 from dmp.domain.keys import ed25519_public_from_seed
+from tests.integration.sync_nodes import OPERATOR, PEER, running_node
 
 pytestmark = pytest.mark.anyio
 
-OPERATOR = "op-token"
-PEER = "peer-token"
 OPERATOR_SEED = hashlib.sha256(b"integration/cluster/operator").digest()
 
 
@@ -32,33 +28,12 @@ def sha(text: str) -> str:
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     """dmp-node with DMP_SYNC_PEER_TOKEN on 127.0.0.1 (ports 0) over tmp_path/dmp.db."""
-    config = load_config(
-        {
-            "DMP_DB_PATH": str(tmp_path / "dmp.db"),
-            "DMP_DNS_HOST": "127.0.0.1",
-            "DMP_DNS_PORT": "0",
-            "DMP_HTTP_HOST": "127.0.0.1",
-            "DMP_HTTP_PORT": "0",
-            "DMP_OPERATOR_TOKEN": OPERATOR,
-            "DMP_SYNC_PEER_TOKEN": PEER,
-            "DMP_HTTP_RATE": "0",
-            "DMP_CLUSTER_BASE_DOMAIN": "Mesh.Example",
-            "DMP_SYNC_OPERATOR_SPK": ed25519_public_from_seed(OPERATOR_SEED).hex(),
-        },
-        {},
-    )
-    built = await build_node(config, clock=SystemClock())
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        running = await tg.start(
-            lambda *, task_status: run_node(
-                built, stop=stop, handle_signals=False, task_status=task_status
-            )
-        )
-        try:
-            yield running
-        finally:
-            stop.set()
+    async with running_node(
+        tmp_path / "dmp.db",
+        DMP_CLUSTER_BASE_DOMAIN="Mesh.Example",
+        DMP_SYNC_OPERATOR_SPK=ed25519_public_from_seed(OPERATOR_SEED).hex(),
+    ) as running:
+        yield running
 
 
 def client(node: Node, token: str | None = PEER) -> httpx.AsyncClient:

@@ -8,8 +8,6 @@ up in B's store and in B's DNS answers; a forged identity does not.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -19,45 +17,12 @@ import dns.rdatatype
 import httpx
 import pytest
 
-from dmp.adapters.clock import SystemClock
-from dmp.apps.node.config import load_config
-from dmp.apps.node.service import Node, build_node, run_node
+from dmp.apps.node.service import Node
+from tests.integration.sync_nodes import OPERATOR, running_node
 
 pytestmark = pytest.mark.anyio
 
-OPERATOR = "op-token"
-PEER = "peer-token"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-
-
-@asynccontextmanager
-async def running_node(db: Path, **env: str) -> AsyncIterator[Node]:
-    config = load_config(
-        {
-            "DMP_DB_PATH": str(db),
-            "DMP_DNS_HOST": "127.0.0.1",
-            "DMP_DNS_PORT": "0",
-            "DMP_HTTP_HOST": "127.0.0.1",
-            "DMP_HTTP_PORT": "0",
-            "DMP_OPERATOR_TOKEN": OPERATOR,
-            "DMP_SYNC_PEER_TOKEN": PEER,
-            "DMP_HTTP_RATE": "0",
-            **env,
-        },
-        {},
-    )
-    built = await build_node(config, clock=SystemClock())
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        node = await tg.start(
-            lambda *, task_status: run_node(
-                built, stop=stop, handle_signals=False, task_status=task_status
-            )
-        )
-        try:
-            yield node
-        finally:
-            stop.set()
 
 
 async def wait_held(node: Node, owner: str) -> None:
