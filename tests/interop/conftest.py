@@ -70,21 +70,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture(params=TARGETS)
-def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeProc]:
-    """A node (ours or the reference) on 127.0.0.1: DNS 5353, HTTP 80."""
-    proc = NodeProc(
-        request.param,
-        f"interop-{request.param}",
-        tmp_path,
-        dns_port=DNS_PORT,
-        http_port=HTTP_PORT,
-        env=NODE_ENV,
-    )
+def running_node(kind: str, name: str, tmp_path: Path, env: dict[str, str]) -> Iterator[NodeProc]:
+    """Start a ``kind`` node (``dmp`` or ``ref``) on DNS_PORT/HTTP_PORT, yield it, stop it.
+
+    A dmp-node must then exit 0 (a clean SIGTERM shutdown).
+    """
+    proc = NodeProc(kind, name, tmp_path, dns_port=DNS_PORT, http_port=HTTP_PORT, env=env)
     proc.start(timeout=30)
     try:
         yield proc
     finally:
         rc = proc.stop()
-        if request.param == "dmp":
+        if kind == "dmp":
             assert rc == 0, f"dmp-node exit code {rc}: {proc.log_tail()}"
+
+
+@pytest.fixture(params=TARGETS)
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeProc]:
+    """A node (ours or the reference) on 127.0.0.1: DNS 5353, HTTP 80."""
+    yield from running_node(request.param, f"interop-{request.param}", tmp_path, NODE_ENV)

@@ -37,7 +37,12 @@ from pathlib import Path
 import pytest
 from nodelib import NodeProc
 
-from tests.interop.conftest import DNS_PORT, HTTP_PORT, NODE_ENV, OPERATOR_TOKEN, TARGETS
+from tests.interop.conftest import (
+    NODE_ENV,
+    OPERATOR_TOKEN,
+    TARGETS,
+    running_node,
+)
 from tests.interop.matrix_lib import IMPLS, CliUser, Impl, Mode, manifests_to, txt
 
 #: The CLI default pool (~4.4 kB at one name: too big for UDP, read over TCP).
@@ -47,21 +52,8 @@ PREKEYS = 25
 @pytest.fixture(params=TARGETS)
 def claims_node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeProc]:
     """As conftest's ``node``, plus receiver claim notifications (M10) on."""
-    proc = NodeProc(
-        request.param,
-        f"interop-claims-{request.param}",
-        tmp_path,
-        dns_port=DNS_PORT,
-        http_port=HTTP_PORT,
-        env={**NODE_ENV, "DMP_RECEIVER_CLAIM_NOTIFICATIONS": "1"},
-    )
-    proc.start(timeout=30)
-    try:
-        yield proc
-    finally:
-        rc = proc.stop()
-        if request.param == "dmp":
-            assert rc == 0, f"dmp-node exit code {rc}: {proc.log_tail()}"
+    env = {**NODE_ENV, "DMP_RECEIVER_CLAIM_NOTIFICATIONS": "1"}
+    yield from running_node(request.param, f"interop-claims-{request.param}", tmp_path, env)
 
 
 class _Transcripts:
